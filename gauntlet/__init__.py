@@ -1,0 +1,3 @@
+"""Gauntlet: the validator core. Pure Python + torch; never imports prefect, flows or tasks."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,74 @@
+"""Typed verdicts: every peer that should have submitted gets exactly one per window.
+
+A rejection is a row, never an exception: hostile or broken files become verdicts with a reason
+and a human-readable detail. Faults of the validator or of the infrastructure are recorded with
+their blame and never penalise the peer (ours; the reference punished peers for them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    OK = "ok"
+    MISSING = "missing"
+    TOO_EARLY = "too_early"
+    TOO_LATE = "too_late"
+    MALFORMED = "malformed"
+    NON_FINITE = "non_finite"
+    DESYNCED = "desynced"
+    COPIED = "copied"
+    BANNED = "banned"
+    VALIDATOR_FAULT = "validator_fault"
+    INFRASTRUCTURE = "infrastructure"
+
+
+class Blame(StrEnum):
+    NONE = "none"
+    PEER = "peer"
+    VALIDATOR = "validator"
+    INFRASTRUCTURE = "infrastructure"
+
+
+# Which reasons are the peer's fault (and so penalised).
+PEER_FAULTS = frozenset(
+    {Reason.MISSING, Reason.TOO_EARLY, Reason.TOO_LATE, Reason.MALFORMED, Reason.NON_FINITE,
+     Reason.DESYNCED, Reason.COPIED, Reason.BANNED}
+)
+# Reasons that mean the file itself is bad (an evaluated peer with one gets F = 0).
+INVALID_FILE = frozenset({Reason.MALFORMED, Reason.NON_FINITE})
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    uid: int
+    reason: Reason
+    detail: str = ""
+    stage: str = "filter"
+    """`fetch`, `filter`, `sync`, `copy` or `score`: where the decision was taken."""
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is Reason.OK
+
+    @property
+    def blame(self) -> Blame:
+        if self.reason is Reason.OK:
+            return Blame.NONE
+        if self.reason is Reason.VALIDATOR_FAULT:
+            return Blame.VALIDATOR
+        if self.reason is Reason.INFRASTRUCTURE:
+            return Blame.INFRASTRUCTURE
+        return Blame.PEER
+
+    def row(self) -> dict[str, object]:
+        out = asdict(self)
+        out["reason"] = str(self.reason)
+        out["blame"] = str(self.blame)
+        return out
+
+    @staticmethod
+    def accept(uid: int, detail: str = "", stage: str = "filter") -> Verdict:
+        return Verdict(uid, Reason.OK, detail, stage)

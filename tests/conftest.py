@@ -1,0 +1,31 @@
+"""Session-wide test settings: one torch thread, quiet Prefect with a persistent test home."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Prefect reads these at import; set them before anything imports prefect.
+os.environ.setdefault("PREFECT_HOME", str(ROOT / ".prefect-test"))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+for key in [k for k in os.environ if k.startswith("GAUNTLET_")]:
+    del os.environ[key]  # a developer's own overrides must not change test results
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
