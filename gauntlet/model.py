@@ -1,0 +1,161 @@
+"""The LLaMA every node trains and scores: sizes, deterministic construction, token-weighted loss.
+
+Miners and validators must start from bit-identical weights, or every sync probe reads as a
+desync. So the initial weights never come from the global RNG nor from device kernels: each
+parameter is drawn on the CPU from its own generator, seeded by a hash of (seed, parameter name),
+and only then moved to the device. Matrices get a uniform distribution with the standard deviation
+of LLaMA's usual normal init (0.02): `torch.rand` on the CPU is exact integer arithmetic on the
+Mersenne Twister's bits, whereas normal sampling goes through vectorised log/cos kernels whose
+last bit may depend on the CPU's instruction set. Norm weights start at one, as in LLaMA.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from transformers import LlamaConfig, LlamaForCausalLM
+from transformers.initialization import no_init_weights
+
+INIT_STD = 0.02
+"""Standard deviation of every initial weight matrix (LLaMA's `initializer_range`)."""
+
+_ROPE = {"rope_type": "default", "rope_theta": 10000.0}
+
+SIZES: dict[str, dict] = {
+    "tiny": dict(
+        hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
+        intermediate_size=512, max_position_embeddings=256,
+    ),
+    "small": dict(
+        hidden_size=256, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=8,
+        intermediate_size=1024, max_position_embeddings=1024,
+    ),
+    # GAUNTLET.md "The 1.2B model of the paper" (templar v0.2.85's hparams).
+    "paper-1.2b": dict(
+        hidden_size=2048, num_hidden_layers=16, num_attention_heads=8, num_key_value_heads=8,
+        intermediate_size=8192, max_position_embeddings=2048,
+    ),
+}
+"""LlamaConfig keywords per size; every dimension is a multiple of 64, so the DCT codec's chunk
+rule (largest divisor <= 64) gives full 64-wide chunks (the vocabulary should be one too)."""
+
+
+def _check_size(size: str) -> dict:
+    if size not in SIZES:
+        raise ValueError(f"unknown model size {size!r}; choose one of {', '.join(SIZES)}")
+    return SIZES[size]
+
+
+def llama_config(size: str, vocab_size: int) -> LlamaConfig:
+    """The full LlamaConfig of a size: untied embeddings, no biases, RoPE theta 1e4, SDPA."""
+    dims = _check_size(size)
+    if vocab_size < 2:
+        raise ValueError(f"vocab_size must be at least 2, got {vocab_size}")
+    return LlamaConfig(
+        vocab_size=vocab_size, rope_parameters=dict(_ROPE), tie_word_embeddings=False,
+        initializer_range=INIT_STD, rms_norm_eps=1e-6, attention_dropout=0.0,
+        use_cache=False, attn_implementation="sdpa", **dims,
+    )
+
+
+def _param_seed(seed: int, name: str) -> int:
+    digest = hashlib.blake2b(f"gauntlet-init/v1|{seed}|{name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+@torch.no_grad()
+def _init_parameters(model: torch.nn.Module, seed: int) -> None:
+    half_width = INIT_STD * math.sqrt(3.0)  # U(-a, a) has std a / sqrt(3)
+    for name, param in model.named_parameters():
+        if param.dim() == 1:
+            param.fill_(1.0)  # RMSNorm gains; LLaMA has no biases
+            continue
+        gen = torch.Generator(device="cpu").manual_seed(_param_seed(seed, name))
+        values = torch.rand(param.shape, generator=gen, dtype=torch.float32)
+        param.copy_(values.mul_(2.0 * half_width).sub_(half_width))
+
+
+def build_model(size: str, vocab_size: int, seed: int, device: str | torch.device = "cpu") -> LlamaForCausalLM:
+    """A float32 LlamaForCausalLM whose weights depend only on (size, vocab_size, seed).
+
+    Built on the CPU (transformers' own init skipped: every parameter is overwritten) and moved
+    to `device` afterwards, so the same seed gives the same bits on any machine. The global RNG
+    state is left untouched.
+    """
+    config = llama_config(size, vocab_size)
+    with torch.random.fork_rng(devices=[]), no_init_weights():
+        model = LlamaForCausalLM(config)
+    model = model.float()
+    _init_parameters(model, seed)
+    return model.to(device)
+
+
+def param_shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    """Named trainable parameters and their shapes: the tensors a submission may name."""
+    return {name: tuple(p.shape) for name, p in model.named_parameters() if p.requires_grad}
+
+
+def model_fingerprint(size: str, vocab_size: int, seed: int, chunk: int, topk: int) -> str:
+    """Short stable hash of what a submission must agree on with the validator.
+
+    The size's full dimensions are part of it, so redefining a size changes the fingerprint.
+    """
+    dims = _check_size(size)
+    canonical = {
+        "v": 1,
+        "model": {"size": size, "dims": dims, "rope": _ROPE, "vocab_size": vocab_size, "init_seed": seed},
+        "codec": {"chunk": chunk, "topk": topk},
+    }
+    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """`auto` -> CUDA when present, else CPU; an explicit CUDA device must exist."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError as exc:
+        raise ValueError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N") from exc
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device {spec!r} asked for, but torch sees no CUDA GPU; use auto or cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise RuntimeError(f"device {spec!r} asked for, but only {torch.cuda.device_count()} GPU(s) exist")
+    return device
+
+
+def autocast(device: str | torch.device) -> AbstractContextManager:
+    """bf16 autocast on CUDA (the matmuls), plain float32 on the CPU (bf16 there is slow)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def token_loss_sum(model_or_callable: Callable[[Tensor], object], batch: Tensor) -> tuple[Tensor, int]:
+    """Summed next-token cross-entropy over a batch and the number of predicted tokens.
+
+    Batches are packed sequences with no padding, so every position but the first of each row
+    is a target and the count is B * (T - 1). The sum stays a device tensor (no host sync):
+    callers add sums and counts over batches and divide once, which gives the token-weighted
+    mean the scores are defined with. `model_or_callable(batch)` may return logits or an object
+    with `.logits` (a HF model, or a `torch.func.functional_call` wrapper).
+    """
+    if batch.dim() != 2 or batch.shape[1] < 2:
+        raise ValueError(f"batch must be (B, T) with T >= 2, got shape {tuple(batch.shape)}")
+    out = model_or_callable(batch)
+    logits = out if isinstance(out, Tensor) else out.logits  # (B, T, V)
+    pred = logits[:, :-1].reshape(-1, logits.shape[-1]).float()  # (B*(T-1), V)
+    target = batch[:, 1:].reshape(-1)  # (B*(T-1),)
+    loss = F.cross_entropy(pred, target, reduction="sum")
+    return loss, target.numel()
+
