@@ -1,0 +1,71 @@
+"""The model step of a window: merge the gather set's pseudo-gradients and take a sign step.
+
+Each peer's values are scaled to unit L2 norm per tensor before merging, so no single peer can
+dominate the aggregate by sending large values; the merge is a mean over the peers that chose a
+coefficient (not over all peers), then one IDCT per tensor. The step uses only the sign of the
+merged delta (plain SGD on sign, no momentum, no weight decay), as in GAUNTLET.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from gauntlet.codec import Compressed, DCTCodec
+
+
+def _stack_peers(peers: Sequence[Compressed], name: str) -> tuple[Tensor, Tensor]:
+    """-> idx (P, C, k), vals (P, C, k) of one tensor across peers; ValueError names the peer."""
+    idx, vals = [], []
+    for i, peer in enumerate(peers):
+        if name not in peer:
+            raise ValueError(f"peer {i} has no tensor {name!r}; only files that passed stage 1 may be aggregated")
+        pi, pv = peer[name]
+        if idx and (pi.shape != idx[0].shape or pv.shape != pi.shape):
+            raise ValueError(
+                f"peer {i} tensor {name!r}: idx {tuple(pi.shape)} / vals {tuple(pv.shape)} "
+                f"differ from peer 0's {tuple(idx[0].shape)}"
+            )
+        idx.append(pi)
+        vals.append(pv)
+    return torch.stack(idx), torch.stack(vals).to(torch.float32)
+
+
+def _unit_norm(vals: Tensor) -> Tensor:
+    """Scale each peer's values (P, C, k) to unit L2 norm; an all-zero peer stays zero."""
+    norms = torch.linalg.vector_norm(vals.flatten(1), dim=1)  # (P,)
+    scale = torch.where(norms > 0, norms, torch.ones_like(norms))
+    return vals / scale.view(-1, 1, 1)
+
+
+def aggregate(
+    codec: DCTCodec, peers: Sequence[Compressed], shapes: Mapping[str, tuple[int, ...]]
+) -> dict[str, Tensor]:
+    """The dense delta per tensor of `shapes`, in float32 on the peers' idx device."""
+    if not peers:
+        raise ValueError("aggregate needs at least one peer; the gather set is empty")
+    for i, peer in enumerate(peers):
+        extra = sorted(set(peer) - set(shapes))
+        if extra:
+            raise ValueError(f"peer {i} has tensors the model lacks: {extra}")
+    out: dict[str, Tensor] = {}
+    for name, shape in shapes.items():
+        idx, vals = _stack_peers(peers, name)  # (P, C, k)
+        out[name] = codec.decode_mean(idx, _unit_norm(vals), shape)
+    return out
+
+
+def sign_step(params: Mapping[str, Tensor], delta: Mapping[str, Tensor], lr: float) -> None:
+    """In place `p -= lr * sign(delta)` for every parameter; each moves by lr or not at all."""
+    missing = sorted(set(params) - set(delta))
+    extra = sorted(set(delta) - set(params))
+    if missing or extra:
+        raise ValueError(f"delta does not match the parameters: missing {missing}, unknown {extra}")
+    for name, p in params.items():
+        if tuple(delta[name].shape) != tuple(p.shape):
+            raise ValueError(f"delta {name!r} has shape {tuple(delta[name].shape)}, parameter has {tuple(p.shape)}")
+    with torch.no_grad():
+        for name, p in params.items():
+            p.sub_(torch.sign(delta[name]).to(device=p.device, dtype=p.dtype), alpha=lr)

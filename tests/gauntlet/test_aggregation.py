@@ -1,0 +1,119 @@
+"""Aggregation against a naive per-index loop; normalisation invariance; the sign step."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from gauntlet.aggregation import aggregate, sign_step
+from gauntlet.codec import Compressed, DCTCodec
+
+SHAPES = {"layer.w": (128, 96), "layer.b": (96,), "emb": (12, 7)}
+
+
+def _peer(codec: DCTCodec, seed: int, base: dict[str, torch.Tensor] | None = None) -> Compressed:
+    gen = torch.Generator().manual_seed(seed)
+    tensors = {n: torch.randn(s, generator=gen) for n, s in SHAPES.items()}
+    if base is not None:  # a peer close to another: many coinciding indices
+        tensors = {n: base[n] + 0.05 * t for n, t in tensors.items()}
+    return codec.encode_all(tensors)
+
+
+def _peers(codec: DCTCodec, n: int) -> list[Compressed]:
+    gen = torch.Generator().manual_seed(99)
+    common = {name: torch.randn(s, generator=gen) for name, s in SHAPES.items()}
+    return [_peer(codec, seed, common if seed % 2 else None) for seed in range(n)]
+
+
+def _naive(codec: DCTCodec, peers: list[Compressed]) -> dict[str, torch.Tensor]:
+    """Per-index mean of unit-normed values in plain Python, then a dense IDCT of all coefficients."""
+    everything = DCTCodec(codec.chunk, topk=codec.chunk**2)
+    out = {}
+    for name, shape in SHAPES.items():
+        lay = codec.layout(shape)
+        sums: dict[tuple[int, int], float] = {}
+        counts: dict[tuple[int, int], int] = {}
+        for peer in peers:
+            idx, vals = peer[name]
+            norm = math.sqrt(sum(v * v for v in vals.flatten().tolist()))
+            for c in range(lay.n_chunks):
+                for i, v in zip(idx[c].tolist(), vals[c].tolist(), strict=True):
+                    sums[(c, i)] = sums.get((c, i), 0.0) + (v / norm if norm > 0 else 0.0)
+                    counts[(c, i)] = counts.get((c, i), 0) + 1
+        merged = torch.zeros(lay.n_chunks, lay.chunk_elems, dtype=torch.float64)
+        for key, total in sums.items():
+            merged[key] = total / counts[key]
+        every = torch.arange(lay.chunk_elems).expand(lay.n_chunks, -1)
+        out[name] = everything.decode(every, merged, shape)
+    return out
+
+
+def test_aggregate_matches_a_naive_loop() -> None:
+    codec = DCTCodec(64, 8)
+    peers = _peers(codec, 5)
+    got = aggregate(codec, peers, SHAPES)
+    want = _naive(codec, peers)
+    assert set(got) == set(SHAPES)
+    for name, shape in SHAPES.items():
+        assert got[name].shape == shape and got[name].dtype == torch.float32
+        torch.testing.assert_close(got[name], want[name], rtol=0, atol=1e-6)
+
+
+def test_scaling_a_peer_changes_nothing() -> None:
+    codec = DCTCodec(64, 8)
+    peers = _peers(codec, 4)
+    loud = [dict(p) for p in peers]
+    loud[2] = {name: (idx, vals * 1000.0) for name, (idx, vals) in peers[2].items()}
+    before, after = aggregate(codec, peers, SHAPES), aggregate(codec, loud, SHAPES)
+    for name in SHAPES:
+        torch.testing.assert_close(after[name], before[name], rtol=1e-5, atol=1e-7)
+
+
+def test_a_zero_peer_stays_zero_and_is_finite() -> None:
+    codec = DCTCodec(64, 8)
+    peers = _peers(codec, 2)
+    silent = {name: (idx, torch.zeros_like(vals)) for name, (idx, vals) in peers[0].items()}
+    alone = aggregate(codec, [silent], SHAPES)
+    assert all(not t.any() for t in alone.values())
+    with_silent = aggregate(codec, [silent, peers[1]], SHAPES)
+    assert all(bool(torch.isfinite(t).all()) for t in with_silent.values())
+    torch.testing.assert_close(with_silent["emb"], _naive(codec, [silent, peers[1]])["emb"], rtol=0, atol=1e-6)
+
+
+def test_empty_and_incomplete_gather_sets_are_errors() -> None:
+    codec = DCTCodec(64, 8)
+    with pytest.raises(ValueError, match="at least one peer"):
+        aggregate(codec, [], SHAPES)
+    peers = _peers(codec, 3)
+    del peers[1]["layer.b"]
+    with pytest.raises(ValueError, match=r"peer 1 has no tensor 'layer.b'"):
+        aggregate(codec, peers, SHAPES)
+    peers = _peers(codec, 2)
+    peers[1]["stray"] = peers[1]["emb"]
+    with pytest.raises(ValueError, match="peer 1 has tensors the model lacks"):
+        aggregate(codec, peers, SHAPES)
+
+
+def test_sign_step_moves_each_parameter_by_lr_or_zero() -> None:
+    gen = torch.Generator().manual_seed(0)
+    params = {"w": torch.randn(32, 16, generator=gen, dtype=torch.float64, requires_grad=True)}
+    delta = {"w": torch.randn(32, 16, generator=gen)}
+    delta["w"][0, :5] = 0.0
+    before = params["w"].detach().clone()
+    lr = 1e-3
+    sign_step(params, delta, lr)
+    moved = before - params["w"].detach()  # (32, 16)
+    torch.testing.assert_close(moved, lr * torch.sign(delta["w"]).double(), rtol=0, atol=1e-15)
+    assert not moved[0, :5].any()
+    assert bool((moved.abs()[delta["w"] != 0] - lr).abs().max() < 1e-15)
+
+
+def test_sign_step_rejects_mismatched_deltas() -> None:
+    params = {"w": torch.zeros(4, 4), "b": torch.zeros(4)}
+    with pytest.raises(ValueError, match=r"missing \['b'\]"):
+        sign_step(params, {"w": torch.ones(4, 4)}, 0.1)
+    with pytest.raises(ValueError, match="has shape"):
+        sign_step(params, {"w": torch.ones(16), "b": torch.ones(4)}, 0.1)
+    assert not params["w"].any()  # nothing moved on a refused step
