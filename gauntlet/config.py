@@ -178,6 +178,14 @@ class AuditConfig(_Section):
     """Keep a copy of every fetched file so a window can be replayed after buckets expire."""
 
 
+class ValidatorConfig(_Section):
+    workdir: str = "data/localnet/validator"
+    """Checkpoints (`checkpoints/<W>.safetensors` = theta at the start of W) and the archive of
+    fetched files (`archive/<W>/<uid>.safetensors`)."""
+    hotkey: str = "validator"
+    """The validator's hotkey (ss58 address on a bittensor chain; a name on the local ledger)."""
+
+
 class GauntletConfig(_Section):
     preset: Literal["paper", "default"] = "default"
     chain: ChainConfig = ChainConfig()
@@ -194,6 +202,7 @@ class GauntletConfig(_Section):
     schedule: ScheduleConfig = ScheduleConfig()
     storage: StorageConfig = StorageConfig()
     audit: AuditConfig = AuditConfig()
+    validator: ValidatorConfig = ValidatorConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> GauntletConfig:

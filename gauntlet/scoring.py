@@ -1,0 +1,117 @@
+"""Stage 2: the loss score of each peer's pseudo-gradient (GAUNTLET.md "Stage 2: loss score").
+
+For peer k, ``theta_k = theta - eta * sign(delta_k)`` with ``eta = eval_lr_factor * lr_W``. The
+live model is never touched: ``theta_k`` is written into one scratch copy of the parameters and
+the model is run functionally (``torch.func.functional_call``), so scoring P peers costs one
+extra copy of the weights, not P deep copies of the model (the reference deep-copied).
+
+Losses are token-weighted means: sums of per-token cross-entropy and token counts stay on the
+device; the whole stage does one host transfer at the end (nanochat's evaluation habit).
+``L_rand_before`` depends only on theta and the window's random batches, so with shared random
+batches (ours) it is computed once per window instead of once per peer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.func import functional_call
+
+from gauntlet.model import autocast, token_loss_sum
+
+Batches = Sequence[Tensor]  # each (B, T) token ids
+
+
+@dataclass(frozen=True)
+class PeerLosses:
+    uid: int
+    own_before: float
+    own_after: float
+    rand_before: float
+    rand_after: float
+
+    @property
+    def gradient_score(self) -> float:
+        """s_k: relative improvement on the random data."""
+        return relative_improvement(self.rand_before, self.rand_after)
+
+    @property
+    def own_improvement(self) -> float:
+        """r_own: relative improvement on the peer's own data (0 if the loss before is <= 0)."""
+        return relative_improvement(self.own_before, self.own_after)
+
+
+def relative_improvement(before: float, after: float) -> float:
+    return (before - after) / before if before > 0 else 0.0
+
+
+class LossEvaluator:
+    """Token-weighted losses of a model at theta or at a perturbed copy of theta, on one device."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.theta = {n: p.detach() for n, p in model.named_parameters()}
+        self.buffers = {n: b.detach() for n, b in model.named_buffers()}
+        self._scratch: dict[str, Tensor] | None = None
+
+    def _loss_sum(self, params: Mapping[str, Tensor], batch: Tensor) -> tuple[Tensor, int]:
+        batch = batch.to(self.device, non_blocking=True)
+        state = (dict(params), self.buffers)
+        with autocast(self.device):
+            return token_loss_sum(lambda b: functional_call(self.model, state, (b,)), batch)
+
+    @torch.no_grad()
+    def mean_loss(self, params: Mapping[str, Tensor], batches: Batches) -> Tensor:
+        """Token-weighted mean loss as a 0-d device tensor (no host sync)."""
+        if not batches:
+            raise ValueError("mean_loss needs at least one batch")
+        total = torch.zeros((), device=self.device, dtype=torch.float64)
+        tokens = 0
+        for batch in batches:
+            loss, n = self._loss_sum(params, batch)
+            total += loss.double()
+            tokens += n
+        return total / tokens
+
+    @torch.no_grad()
+    def perturbed(self, delta: Mapping[str, Tensor], eta: float) -> dict[str, Tensor]:
+        """theta - eta * sign(delta), written into the one scratch buffer (reused per peer)."""
+        if self._scratch is None:
+            self._scratch = {n: torch.empty_like(p) for n, p in self.theta.items()}
+        missing = set(self.theta) - set(delta)
+        if missing:
+            raise ValueError(f"delta lacks parameters: {sorted(missing)[:3]}...")
+        for name, out in self._scratch.items():
+            out.copy_(self.theta[name]).add_(torch.sign(delta[name].to(self.device)), alpha=-eta)
+        return self._scratch
+
+
+def score_peers(evaluator: LossEvaluator, deltas: Mapping[int, Mapping[str, Tensor]],
+                own_batches: Mapping[int, Batches], rand_batches: Mapping[int, Batches] | Batches,
+                eta: float) -> dict[int, PeerLosses]:
+    """Losses before and after each peer's step; `rand_batches` shared or one set per peer.
+
+    `deltas` may be a lazy mapping (decoded on access) so that only one peer's dense delta is
+    alive at a time.
+    """
+    shared = not isinstance(rand_batches, Mapping)
+    theta = evaluator.theta
+    rand_before_shared = evaluator.mean_loss(theta, rand_batches) if shared else None  # once a window
+    rows: list[Tensor] = []
+    uids = sorted(deltas)
+    for uid in uids:
+        rand = rand_batches if shared else rand_batches[uid]
+        own_before = evaluator.mean_loss(theta, own_batches[uid])
+        rand_before = rand_before_shared if shared else evaluator.mean_loss(theta, rand)
+        after = evaluator.perturbed(deltas[uid], eta)
+        own_after = evaluator.mean_loss(after, own_batches[uid])
+        rand_after = evaluator.mean_loss(after, rand)
+        rows.append(torch.stack([own_before, own_after, rand_before, rand_after]))
+    if not rows:
+        return {}
+    values = torch.stack(rows).cpu().tolist()  # the stage's one host sync
+    return {uid: PeerLosses(uid, *vals) for uid, vals in zip(uids, values)}

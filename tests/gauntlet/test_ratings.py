@@ -1,0 +1,140 @@
+"""Ratings, final scores and penalties: a window computed by hand, and each penalty rule."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from gauntlet.config import load_config
+from gauntlet.ratings import PeerScore, PeerState, ValidatorState, WindowOutcome, advance, play_match
+from gauntlet.verdicts import Reason, Verdict
+from gauntlet.weights import choose_gather, power_normalise, schedule_gather
+
+CFG = load_config(preset="paper")
+
+
+def _plackett_luce_by_hand(mus, sigmas, beta, tau, kappa=1e-4):
+    """Weng & Lin's Plackett-Luce update for one-player teams with distinct ranks (index = rank)."""
+    sigmas = [math.sqrt(s * s + tau * tau) for s in sigmas]  # additive dynamics factor first
+    c = math.sqrt(sum(s * s + beta * beta for s in sigmas))
+    e = [math.exp(m / c) for m in mus]
+    C = [sum(e[s] for s in range(q, len(mus))) for q in range(len(mus))]  # players ranked >= q
+    out = []
+    for i, (mu, sigma) in enumerate(zip(mus, sigmas)):
+        omega = sum((1.0 if q == i else 0.0) - e[i] / C[q] for q in range(i + 1)) * sigma**2 / c
+        gamma = sigma / c
+        delta = sum(gamma * e[i] / C[q] * (1 - e[i] / C[q]) for q in range(i + 1)) * sigma**2 / c**2
+        out.append((mu + omega, sigma * math.sqrt(max(1 - delta, kappa))))
+    return out
+
+
+def test_match_matches_hand_computed_plackett_luce():
+    peers = {u: PeerState.new(u, CFG.rating) for u in (1, 2, 3)}
+    scores = {1: 0.03, 2: 0.01, 3: 0.02}  # ranks: 1 first, 3 second, 2 last
+    rated = play_match(peers, scores, CFG.rating)
+    by_hand = _plackett_luce_by_hand([25.0] * 3, [25 / 3] * 3, beta=7.0, tau=0.1)
+    for uid, rank in ((1, 0), (3, 1), (2, 2)):
+        assert rated[uid].mu == pytest.approx(by_hand[rank][0], rel=1e-12)
+        assert rated[uid].sigma == pytest.approx(by_hand[rank][1], rel=1e-12)
+
+
+def test_hand_computed_window():
+    """Five peers, first window: three rated, one missing, one validator fault."""
+    verdicts = {u: Verdict.accept(u) for u in (1, 2, 3)}
+    verdicts[4] = Verdict(4, Reason.MISSING, "no file")
+    verdicts[5] = Verdict(5, Reason.VALIDATOR_FAULT, "own data failed to load")
+    scores = {1: PeerScore(0.03, 0.05, +1), 2: PeerScore(0.01, 0.02, +1), 3: PeerScore(0.02, 0.01, -1)}
+    outcome = WindowOutcome(0, verdicts, scores, sync_scores={1: 1.0, 2: 1.0, 3: 0.5})
+    state, records = advance(ValidatorState(), outcome, CFG)
+    by_hand = _plackett_luce_by_hand([25.0] * 3, [25 / 3] * 3, beta=7.0, tau=0.1)
+    ordinal = {1: by_hand[0][0] - 3 * by_hand[0][1], 3: by_hand[1][0] - 3 * by_hand[1][1],
+               2: by_hand[2][0] - 3 * by_hand[2][1]}
+    # B = 0.95 * 0 + 0.05 * b; F = ordinal * max(0, B) * sync
+    assert state.peers[1].moving_average == pytest.approx(0.05)
+    assert state.peers[3].moving_average == pytest.approx(-0.05)
+    assert state.peers[1].final_score == pytest.approx(ordinal[1] * 0.05 * 1.0)
+    assert ordinal[1] > 0 and ordinal[2] < 0
+    assert state.peers[2].final_score == pytest.approx(ordinal[2] * 0.05)  # negative: no weight
+    assert state.peers[3].final_score == 0.0  # B < 0: no own-data advantage, no score
+    assert state.peers[4].final_score == 0.0 and state.peers[4].inactive_windows == 1
+    assert state.peers[5] == PeerState.new(5, CFG.rating)  # the validator's fault costs nothing
+    weights = power_normalise({u: p.final_score for u, p in state.peers.items()}, CFG.weights)
+    assert weights == {1: 1.0, 2: 0.0, 3: 0.0, 4: 0.0, 5: 0.0}
+    assert [r.rated_in_match for r in records] == [True, True, True, False, False]
+
+
+def _with(uid: int, **kw) -> ValidatorState:
+    return ValidatorState(peers={uid: PeerState(uid=uid, mu=30.0, sigma=2.0, **kw)})
+
+
+@pytest.mark.parametrize(
+    ("reason", "action", "final", "avg"),
+    [
+        (Reason.MISSING, None, 0.75, 0.375),
+        (Reason.TOO_LATE, None, 0.75, 0.375),
+        (Reason.DESYNCED, None, 0.75, 0.375),
+        (Reason.MALFORMED, None, 0.0, 0.375),
+        (Reason.NON_FINITE, None, 0.0, 0.375),
+        (Reason.COPIED, "reset", 0.0, 0.5),
+        (Reason.OK, "halve", 0.5, 0.5),
+        (Reason.INFRASTRUCTURE, None, 1.0, 0.5),
+        (Reason.VALIDATOR_FAULT, None, 1.0, 0.5),
+    ],
+)
+def test_penalties_multiply_positive_scores(reason, action, final, avg):
+    state = _with(7, final_score=1.0, moving_average=0.5)
+    outcome = WindowOutcome(10, {7: Verdict(7, reason)}, {}, {}, {7: action} if action else {})
+    new, records = advance(state, outcome, CFG)
+    assert new.peers[7].final_score == pytest.approx(final)
+    assert new.peers[7].moving_average == pytest.approx(avg)
+    assert bool(records[0].penalties) == (final != 1.0 or avg != 0.5)
+
+
+def test_negative_scores_are_not_raised_by_penalties():
+    state = _with(7, final_score=-2.0, moving_average=-0.5)
+    new, _ = advance(state, WindowOutcome(3, {7: Verdict(7, Reason.MISSING)}, {}, {}), CFG)
+    assert new.peers[7].final_score == -2.0 and new.peers[7].moving_average == -0.5
+
+
+def test_ban_bars_the_copier_for_ban_windows():
+    state = _with(7, final_score=1.0)
+    new, records = advance(state, WindowOutcome(40, {7: Verdict(7, Reason.COPIED)}, {}, {}, {7: "ban"}), CFG)
+    assert new.peers[7].banned_until == 40 + CFG.uniqueness.ban_windows
+    assert new.peers[7].final_score == 0.0
+    assert any("barred" in p for p in records[0].penalties)
+
+
+def test_inactive_peer_is_reset_after_reset_after_windows():
+    state = _with(7, final_score=1.0, moving_average=0.5, inactive_windows=CFG.penalty.reset_after - 1)
+    new, records = advance(state, WindowOutcome(99, {7: Verdict(7, Reason.MISSING)}, {}, {}), CFG)
+    assert new.peers[7] == PeerState.new(7, CFG.rating)
+    assert "rating deleted" in records[0].penalties[-1]
+
+
+def test_activity_clears_the_inactivity_count():
+    state = _with(7, inactive_windows=3)
+    new, _ = advance(state, WindowOutcome(5, {7: Verdict.accept(7)}, {}, {}), CFG)
+    assert new.peers[7].inactive_windows == 0
+
+
+def test_power_normalisation():
+    w = power_normalise({1: 3.0, 2: 1.0, 3: -1.0, 4: 0.0}, CFG.weights)
+    assert w == pytest.approx({1: 0.9, 2: 0.1, 3: 0.0, 4: 0.0})
+    assert power_normalise({1: 1e-5}, CFG.weights) == {1: 0.0}  # 1e-10 <= 1e-8: all zero
+
+
+def test_gather_is_top_by_weight_topped_up_by_rating():
+    cfg = CFG.aggregation.model_copy(update={"gather_size": 2, "min_peers": 3})
+    peers = {u: PeerState(uid=u, mu=20.0 + u, sigma=1.0) for u in range(1, 6)}
+    weights = {1: 0.6, 2: 0.4, 3: 0.0, 4: 0.0, 5: 0.0}
+    assert choose_gather(weights, peers, eligible={3, 4}, cfg=cfg) == (1, 2, 4)
+
+
+def test_gather_schedule_takes_effect_later():
+    cfg = CFG.aggregation.model_copy(update={"refresh_every": 5, "effective_after": 2})
+    state = schedule_gather(ValidatorState(), 10, (1, 2), CFG.chain, cfg)
+    assert state.gather_for(13) is None and state.gather_for(14) == (1, 2)
+    assert schedule_gather(state, 11, (3,), CFG.chain, cfg) is state  # not a refresh window
+    later = schedule_gather(state, 15, (3,), CFG.chain, cfg)
+    assert later.gather_for(18) == (1, 2) and later.gather_for(19) == (3,)

@@ -1,0 +1,88 @@
+"""The batched scorer against a naive apply-evaluate-restore loop (the reference oracle)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from gauntlet.model import build_model
+from gauntlet.scoring import LossEvaluator, PeerLosses, relative_improvement, score_peers
+
+VOCAB = 256
+
+
+def _batches(seed: int, n: int = 2) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, VOCAB, (2, 16), generator=g) for _ in range(n)]
+
+
+def _deltas(model: torch.nn.Module, n: int) -> dict[int, dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(7)
+    return {uid: {name: torch.randn(p.shape, generator=g) for name, p in model.named_parameters()}
+            for uid in range(n)}
+
+
+def _naive_mean_loss(model: torch.nn.Module, batches: list[torch.Tensor]) -> float:
+    total, tokens = 0.0, 0
+    with torch.no_grad():
+        for b in batches:
+            n = b[:, 1:].numel()
+            total += model(input_ids=b, labels=b).loss.item() * n  # HF's mean over the same tokens
+            tokens += n
+    return total / tokens
+
+
+def _naive(model, deltas, own, rand, eta) -> dict[int, PeerLosses]:
+    out = {}
+    for uid, delta in deltas.items():
+        saved = copy.deepcopy(model.state_dict())
+        ob, rb = _naive_mean_loss(model, own[uid]), _naive_mean_loss(model, rand)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                p -= eta * torch.sign(delta[name])
+        oa, ra = _naive_mean_loss(model, own[uid]), _naive_mean_loss(model, rand)
+        model.load_state_dict(saved)
+        out[uid] = PeerLosses(uid, ob, oa, rb, ra)
+    return out
+
+
+def test_batched_scorer_matches_naive_loop():
+    model = build_model("tiny", VOCAB, seed=3)
+    deltas = _deltas(model, 3)
+    own = {uid: _batches(100 + uid) for uid in deltas}
+    rand = _batches(999)
+    eta = 0.05  # large enough that the losses move visibly
+    reference = _naive(model, deltas, own, rand, eta)
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    got = score_peers(LossEvaluator(model), deltas, own, rand, eta)
+    for uid in deltas:
+        for field in ("own_before", "own_after", "rand_before", "rand_after"):
+            assert getattr(got[uid], field) == pytest.approx(getattr(reference[uid], field), rel=1e-5)
+        assert got[uid].rand_after != pytest.approx(got[uid].rand_before, rel=1e-6)
+    for n, p in model.named_parameters():  # the live model is untouched
+        assert torch.equal(p, before[n])
+
+
+def test_per_peer_random_batches_match_shared_when_identical():
+    model = build_model("tiny", VOCAB, seed=3)
+    deltas = _deltas(model, 2)
+    own = {uid: _batches(100 + uid) for uid in deltas}
+    rand = _batches(5)
+    shared = score_peers(LossEvaluator(model), deltas, own, rand, 0.01)
+    per_peer = score_peers(LossEvaluator(model), deltas, own, {u: rand for u in deltas}, 0.01)
+    assert shared == per_peer
+
+
+def test_relative_improvement_guards_non_positive_loss():
+    assert relative_improvement(2.0, 1.0) == 0.5
+    assert relative_improvement(0.0, -1.0) == 0.0
+
+
+def test_missing_parameter_in_delta_is_refused():
+    model = build_model("tiny", VOCAB, seed=0)
+    delta = _deltas(model, 1)[0]
+    delta.pop(next(iter(delta)))
+    with pytest.raises(ValueError, match="lacks parameters"):
+        LossEvaluator(model).perturbed(delta, 0.1)
