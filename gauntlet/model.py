@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from transformers import LlamaConfig, LlamaForCausalLM
-from transformers.initialization import no_init_weights
+from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 INIT_STD = 0.02
 """Standard deviation of every initial weight matrix (LLaMA's `initializer_range`)."""
@@ -85,14 +85,16 @@ def _init_parameters(model: torch.nn.Module, seed: int) -> None:
 def build_model(size: str, vocab_size: int, seed: int, device: str | torch.device = "cpu") -> LlamaForCausalLM:
     """A float32 LlamaForCausalLM whose weights depend only on (size, vocab_size, seed).
 
-    Built on the CPU (transformers' own init skipped: every parameter is overwritten) and moved
-    to `device` afterwards, so the same seed gives the same bits on any machine. The global RNG
-    state is left untouched.
+    Laid out on the meta device (transformers' own init is skipped: every parameter is drawn
+    here), filled on the CPU and moved to `device` afterwards, so the same seed gives the same
+    bits on any machine. The global RNG and torch's init functions are left untouched, so
+    building a model in one thread cannot disturb another.
     """
     config = llama_config(size, vocab_size)
-    with torch.random.fork_rng(devices=[]), no_init_weights():
+    with torch.device("meta"):  # shapes only: no memory, no RNG, no global patching
         model = LlamaForCausalLM(config)
-    model = model.float()
+    model = model.to_empty(device="cpu").float()
+    model.model.rotary_emb = LlamaRotaryEmbedding(config)  # its buffers were left empty
     _init_parameters(model, seed)
     return model.to(device)
 

@@ -65,7 +65,7 @@ def test_init_statistics_match_llama_init():
     q0 = params["model.layers.0.self_attn.q_proj.weight"]
     k0 = params["model.layers.0.self_attn.k_proj.weight"]
     assert not torch.equal(q0, k0)
-    # transformers' init functions were restored after construction
+    # torch's init functions still work after a build (nothing was patched)
     layer = torch.nn.Linear(4, 4)
     assert layer.weight.abs().sum() > 0
 
@@ -178,3 +178,15 @@ def test_forward_under_autocast_on_cuda():
     assert loss_sum.device.type == "cuda" and loss_sum.dtype == torch.float32
     ref_sum, _ = token_loss_sum(cpu_model, batch)
     torch.testing.assert_close(loss_sum.cpu() / count, ref_sum / count, rtol=0.02, atol=0.02)
+
+
+def test_buffers_equal_those_of_a_model_built_the_usual_way():
+    """The meta-device construction must rebuild every buffer (RoPE frequencies) correctly."""
+    model = build_model("tiny", 256, seed=0)
+    reference = LlamaForCausalLM(llama_config("tiny", 256))
+    buffers = dict(model.named_buffers())
+    assert buffers.keys() == dict(reference.named_buffers()).keys()
+    for name, ref in reference.named_buffers():
+        assert buffers[name].device.type == "cpu"
+        assert torch.equal(buffers[name], ref), name
+    assert all(p.device.type == "cpu" for p in model.parameters())
