@@ -26,12 +26,17 @@ from torch import Tensor
 
 from gauntlet.config import CodecConfig
 
+_SLAB_ELEMS = 1 << 20
+"""Elements per inverse transform in decode_batch (4 MiB of float32)."""
+
 Compressed = dict[str, tuple[Tensor, Tensor]]
 """Tensor name -> (idx int64 (n_chunks, k), vals float32 (n_chunks, k))."""
 
 
 @dataclass(frozen=True)
 class Layout:
+    """How one tensor is chunked: `block` tiles `shape` exactly, `k` coefficients kept per chunk."""
+
     shape: tuple[int, ...]
     block: tuple[int, ...]
     n_chunks: int
@@ -73,33 +78,56 @@ def _basis(n: int, device: torch.device, dtype: torch.dtype) -> Tensor:
 
 
 def _to_chunks(x: Tensor, lay: Layout) -> Tensor:
-    """(*shape) -> (n_chunks, *block), chunks in row-major order of the block grid."""
+    """(*shape) -> (n_chunks, chunk_elems), chunks in row-major order of the block grid."""
     if len(lay.block) == 1:
-        return x.reshape(lay.n_chunks, lay.block[0])
+        return x.reshape(lay.n_chunks, lay.chunk_elems)
     (r, c), (br, bc) = lay.shape, lay.block
-    return x.reshape(r // br, br, c // bc, bc).permute(0, 2, 1, 3).reshape(lay.n_chunks, br, bc)
+    return x.reshape(r // br, br, c // bc, bc).permute(0, 2, 1, 3).reshape(lay.n_chunks, lay.chunk_elems)
 
 
-def _from_chunks(chunks: Tensor, lay: Layout) -> Tensor:
-    """(B, n_chunks, *block) -> (B, *shape): the inverse of `_to_chunks`, with a batch dim."""
-    batch = chunks.shape[0]
+def _positions(idx: Tensor, lay: Layout, per_peer: bool) -> Tensor:
+    """Flat positions of the coefficients idx (P, C, k) name, in a (P, *shape) tensor when
+    `per_peer`, else all peers in one (*shape) tensor.
+
+    Scattering straight into the tensor's own layout (not chunk by chunk) lets both transforms
+    run in place of the layout, so decoding needs no permuted copy of P dense tensors.
+    """
+    peers = idx.shape[0]
+    numel = math.prod(lay.shape)
+    chunk = torch.arange(lay.n_chunks, device=idx.device)  # (C,)
     if len(lay.block) == 1:
-        return chunks.reshape(batch, *lay.shape)
-    (r, c), (br, bc) = lay.shape, lay.block
-    grid = chunks.reshape(batch, r // br, c // bc, br, bc).permute(0, 1, 3, 2, 4)
-    return grid.reshape(batch, r, c)
+        base = chunk * lay.chunk_elems
+        inside = idx
+    else:
+        (_, c), (br, bc) = lay.shape, lay.block
+        base = (chunk // (c // bc)) * (br * c) + (chunk % (c // bc)) * bc
+        inside = (idx // bc) * c + idx % bc
+    pos = inside + base.view(1, -1, 1)  # (P, C, k)
+    if per_peer:
+        pos += torch.arange(peers, device=idx.device).view(-1, 1, 1) * numel
+    return pos
 
 
-def _transform(chunks: Tensor, lay: Layout, inverse: bool) -> Tensor:
-    """DCT-II (or its inverse) of every chunk: (N, *block) -> (N, *block)."""
-    bases = [_basis(n, chunks.device, chunks.dtype) for n in lay.block]
+def _transform(x: Tensor, lay: Layout, inverse: bool, scratch: bool = False) -> Tensor:
+    """Blockwise DCT-II (or its inverse) of a batch (B, *shape), in the tensor's own layout.
+
+    A block's transform is `D_r @ X @ D_c.T`; the right factor acts on each row segment of
+    `bc` contiguous elements (one GEMM over all of them), the left factor on each band of
+    `br` rows (one batched GEMM over the bands). Inverse: `D_r.T @ Y @ D_c`. With `scratch`
+    the result overwrites `x` (a buffer the caller owns), sparing one fresh (B, *shape)
+    allocation: on a CPU, first-touching P dense tensors costs as much as the products.
+    """
+    batch = x.shape[0]
+    bases = [_basis(n, x.device, x.dtype) for n in lay.block]
+    dc = bases[-1] if inverse else bases[-1].T
+    rows = (x.reshape(-1, lay.block[-1]) @ dc).view(batch, *lay.shape)  # (B, *shape)
     if len(bases) == 1:
-        (d,) = bases
-        return chunks @ d if inverse else chunks @ d.T  # (N, cn)
-    dr, dc = bases
-    if inverse:
-        return torch.matmul(torch.matmul(dr.T, chunks), dc)  # (N, cr, cc)
-    return torch.matmul(torch.matmul(dr, chunks), dc.T)  # (N, cr, cc)
+        return x.copy_(rows) if scratch else rows
+    (r, c), br = lay.shape, lay.block[0]
+    dr = bases[0].T if inverse else bases[0]
+    bands = (batch * (r // br), br, c)
+    out = x.view(bands) if scratch else None
+    return torch.matmul(dr, rows.view(bands), out=out).view(batch, r, c)  # (B, r, c)
 
 
 def _topk_canonical(mag: Tensor, k: int) -> Tensor:
@@ -149,8 +177,7 @@ class DCTCodec:
             raise ValueError(f"encode needs a floating-point tensor, got {type(x).__name__} {getattr(x, 'dtype', '')}")
         lay = self.layout(x.shape)
         work = torch.float64 if x.dtype == torch.float64 else torch.float32
-        chunks = _to_chunks(x.detach().to(work), lay)  # (C, *block)
-        coef = _transform(chunks, lay, inverse=False).reshape(lay.n_chunks, lay.chunk_elems)  # (C, E)
+        coef = _to_chunks(_transform(x.detach().to(work).unsqueeze(0), lay, inverse=False)[0], lay)  # (C, E)
         idx = _topk_canonical(coef.abs(), lay.k)  # (C, k)
         return idx, coef.gather(-1, idx).to(torch.float32)
 
@@ -159,16 +186,21 @@ class DCTCodec:
         return self.decode_batch(idx.unsqueeze(0), vals.unsqueeze(0), shape)[0]
 
     def decode_batch(self, idx: Tensor, vals: Tensor, shape: Sequence[int]) -> Tensor:
-        """idx, vals (P, C, k) -> (P, *shape): every peer's dense tensor, with one scatter."""
+        """idx, vals (P, C, k) -> (P, *shape): every peer's dense tensor, with one scatter.
+
+        The inverse transform then runs over slabs of peers of about `_SLAB_ELEMS` elements:
+        small tensors go in one product, large ones a peer at a time, so the working set stays
+        cache-sized on a CPU (measured in benchmarks/bench_codec.py) while a GPU still gets
+        products of a million elements or more.
+        """
         lay = self.layout(shape)
         idx, vals = _check_sparse(idx, vals, lay)
-        peers = idx.shape[0]
-        rows = peers * lay.n_chunks
-        offsets = torch.arange(rows, device=idx.device).mul_(lay.chunk_elems).view(peers, lay.n_chunks, 1)
-        dense = torch.zeros(rows * lay.chunk_elems, dtype=torch.float32, device=idx.device)
-        dense.index_add_(0, (idx + offsets).flatten(), vals.flatten())  # (P*C*E,)
-        chunks = _transform(dense.view(rows, *lay.block), lay, inverse=True)  # (P*C, *block)
-        return _from_chunks(chunks.reshape(peers, lay.n_chunks, *lay.block), lay)
+        dense = torch.zeros(idx.shape[0], *lay.shape, dtype=torch.float32, device=idx.device)  # (P, *shape)
+        dense.view(-1).index_add_(0, _positions(idx, lay, per_peer=True).flatten(), vals.flatten())
+        step = max(1, _SLAB_ELEMS // math.prod(lay.shape))
+        for start in range(0, dense.shape[0], step):
+            _transform(dense[start : start + step], lay, inverse=True, scratch=True)
+        return dense
 
     def decode_mean(self, idx: Tensor, vals: Tensor, shape: Sequence[int]) -> Tensor:
         """idx, vals (P, C, k) -> (*shape): IDCT of the per-index mean over the peers that chose it.
@@ -179,14 +211,13 @@ class DCTCodec:
         """
         lay = self.layout(shape)
         idx, vals = _check_sparse(idx, vals, lay)
-        size = lay.n_chunks * lay.chunk_elems
-        offsets = torch.arange(lay.n_chunks, device=idx.device).mul_(lay.chunk_elems).view(1, -1, 1)
-        flat = (idx + offsets).flatten()  # (P*C*k,)
-        sums = torch.zeros(size, dtype=torch.float32, device=idx.device).index_add_(0, flat, vals.flatten())
-        counts = torch.zeros(size, dtype=torch.float32, device=idx.device)
-        counts.index_add_(0, flat, torch.ones_like(flat, dtype=torch.float32))
-        mean = (sums / counts.clamp_min(1.0)).view(lay.n_chunks, *lay.block)
-        return _from_chunks(_transform(mean, lay, inverse=True).unsqueeze(0), lay)[0]
+        flat = _positions(idx, lay, per_peer=False).flatten()  # (P*C*k,)
+        sums = torch.zeros(lay.shape, dtype=torch.float32, device=idx.device)
+        sums.view(-1).index_add_(0, flat, vals.flatten())
+        counts = torch.zeros(lay.shape, dtype=torch.float32, device=idx.device)
+        counts.view(-1).index_add_(0, flat, torch.ones_like(flat, dtype=torch.float32))
+        sums.div_(counts.clamp_min_(1.0))  # (*shape): the per-index mean, zero where none chose
+        return _transform(sums.unsqueeze(0), lay, inverse=True, scratch=True)[0]
 
     def encode_all(self, tensors: Mapping[str, Tensor]) -> Compressed:
         return {name: self.encode(t) for name, t in tensors.items()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 import scipy.fft
 import torch
 
+from gauntlet import codec as codec_module
 from gauntlet.codec import DCTCodec, Layout, _topk_canonical, layout
 from gauntlet.config import CodecConfig
 
@@ -163,13 +165,23 @@ def _peers(codec: DCTCodec, shape: tuple[int, ...], n: int) -> tuple[torch.Tenso
 
 
 @pytest.mark.parametrize("shape", [(128, 96), (100,)])
-def test_decode_batch_equals_a_loop_of_decode(shape: tuple[int, ...]) -> None:
+@pytest.mark.parametrize("slab_peers", [1, 2, 64])  # a peer per slab, slabs of 2 (one partial), all
+def test_decode_batch_equals_a_loop_of_decode(
+    shape: tuple[int, ...], slab_peers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(codec_module, "_SLAB_ELEMS", slab_peers * math.prod(shape))
     codec = DCTCodec(64, 16)
     idx, vals = _peers(codec, shape, 5)
     batch = codec.decode_batch(idx, vals, shape)
     assert batch.shape == (5, *shape)
     for p in range(5):
+        expected = _full().decode(
+            torch.arange(codec.layout(shape).chunk_elems).expand(idx.shape[1], -1),
+            torch.zeros(idx.shape[1], codec.layout(shape).chunk_elems).scatter(1, idx[p], vals[p]),
+            shape,
+        )
         torch.testing.assert_close(batch[p], codec.decode(idx[p], vals[p], shape), rtol=0, atol=1e-6)
+        torch.testing.assert_close(batch[p], expected, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("shape", [(128, 96), (100,), (12, 7)])
