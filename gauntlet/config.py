@@ -112,6 +112,8 @@ class ScoringConfig(_Section):
 class UniquenessConfig(_Section):
     ema: float = Field(0.95, ge=0, lt=1)
     """`B = ema * B + (1 - ema) * b`."""
+    own_margin: float = Field(0.0, ge=0)
+    """b = +1 iff `r_own > s + own_margin * |s|`. Paper: 0; ours: 0.2 (see uniqueness.indicator)."""
     overlap_halve: float = Field(0.4, ge=0, le=1)
     overlap_reset: float = Field(0.5, ge=0, le=1)
     overlap_ban: float = Field(0.6, ge=0, le=1)
@@ -234,9 +236,11 @@ class GauntletConfig(_Section):
 _PRESET_VALUES: dict[str, dict[str, Any]] = {
     "paper": {
         "scoring": {"policy": "sample", "seed_source": "fixed", "shared_random_batches": False},
+        "uniqueness": {"own_margin": 0.0},
     },
     "default": {
         "scoring": {"policy": "all", "seed_source": "chain", "shared_random_batches": True},
+        "uniqueness": {"own_margin": 0.2},
     },
 }
 

@@ -33,9 +33,16 @@ ACTIONS = ("halve", "reset", "ban", "identical")
 _SEVERITY = {a: i for i, a in enumerate(ACTIONS)}
 
 
-def indicator(r_own: float, s: float) -> int:
-    """+1 when the peer's update helps its own pages more than random ones; else -1 (NaN gives -1)."""
-    return 1 if r_own > s else -1
+def indicator(r_own: float, s: float, margin: float = 0.0) -> int:
+    """+1 when the peer's update helps its own pages clearly more than random ones; else -1.
+
+    The paper's rule is `r_own > s` (margin 0). A copied or generic update helps the copier's
+    pages and random pages alike, so under that rule its b is a coin flip and B random-walks
+    around 0 (std ~0.16 at ema 0.95), leaking a little score. Asking for a relative margin
+    (`r_own > s + margin * |s|`, ours) makes b = -1 the usual outcome for such updates while
+    honest updates, measured at 1.3-2.3x s, keep b = +1. NaN gives -1.
+    """
+    return 1 if r_own > s + margin * abs(s) else -1
 
 
 def update_moving_average(B: float, b: int, ema: float = 0.95) -> float:

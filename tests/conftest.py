@@ -29,3 +29,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def prepared_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The corpus and tokenizer built by `gauntlet data prepare` from the standard library."""
+    from gauntlet.prepare import prepare
+
+    root = tmp_path_factory.mktemp("data")
+    result = prepare(None, root / "corpus", root / "tokenizer")
+    return result.corpus, result.tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_config(prepared_data: tuple[Path, Path]):
+    """The local network's settings (tiny model) over the prepared data."""
+    from gauntlet.config import load_config
+
+    corpus, tokenizer = prepared_data
+    return load_config(ROOT / "deployments" / "local.toml",
+                       overrides={"data": {"corpus": str(corpus), "tokenizer": str(tokenizer)}})
