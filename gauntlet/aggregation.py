@@ -34,10 +34,15 @@ def _stack_peers(peers: Sequence[Compressed], name: str) -> tuple[Tensor, Tensor
 
 
 def _unit_norm(vals: Tensor) -> Tensor:
-    """Scale each peer's values (P, C, k) to unit L2 norm; an all-zero peer stays zero."""
-    norms = torch.linalg.vector_norm(vals.flatten(1), dim=1)  # (P,)
+    """Scale each peer's values (P, C, k) to unit L2 norm; an all-zero peer stays zero.
+
+    The norm is taken in float64: a float32 sum of squares overflows for values above ~1e19,
+    which would silently zero a (hostile) peer instead of normalising it.
+    """
+    wide = vals.to(torch.float64)
+    norms = torch.linalg.vector_norm(wide.flatten(1), dim=1)  # (P,)
     scale = torch.where(norms > 0, norms, torch.ones_like(norms))
-    return vals / scale.view(-1, 1, 1)
+    return (wide / scale.view(-1, 1, 1)).to(torch.float32)
 
 
 def aggregate(

@@ -66,6 +66,7 @@ def test_scaling_a_peer_changes_nothing() -> None:
     peers = _peers(codec, 4)
     loud = [dict(p) for p in peers]
     loud[2] = {name: (idx, vals * 1000.0) for name, (idx, vals) in peers[2].items()}
+    loud[3] = {name: (idx, vals * 1e25) for name, (idx, vals) in peers[3].items()}  # squares overflow float32
     before, after = aggregate(codec, peers, SHAPES), aggregate(codec, loud, SHAPES)
     for name in SHAPES:
         torch.testing.assert_close(after[name], before[name], rtol=1e-5, atol=1e-7)
