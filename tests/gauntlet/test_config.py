@@ -1,0 +1,122 @@
+"""The config tree: presets, sources, clear errors, and the consensus-critical values pinned."""
+
+from __future__ import annotations
+
+import pytest
+
+from gauntlet.config import ConfigError, GauntletConfig, load_config, with_overrides
+
+# Every validator and miner must agree on these (GAUNTLET.md, templar v0.2.85). Changing one
+# changes the network's rules: this test must be edited on purpose, never by accident.
+PAPER = {
+    ("chain", "blocks_per_window"): 8,
+    ("chain", "validator_offset"): 2,
+    ("data", "pages_per_window"): 6,
+    ("data", "rows_per_page"): 100,
+    ("data", "seq_len"): 2048,
+    ("data", "batch_size"): 6,
+    ("codec", "chunk"): 64,
+    ("codec", "topk"): 32,
+    ("codec", "momentum"): 0.999,
+    ("codec", "error_feedback_after"): 5,
+    ("filter", "put_window_s"): 10.0,
+    ("filter", "sync_cap_steps"): 5.0,
+    ("filter", "sync_exponent"): 2.5,
+    ("filter", "sync_max_steps"): 3.0,
+    ("filter", "probe_elements"): (10, 11),
+    ("scoring", "eval_lr_factor"): 0.2,
+    ("scoring", "sample_rate"): 0.1,
+    ("scoring", "policy"): "sample",
+    ("scoring", "peers_per_window"): 4,
+    ("scoring", "bins"): 5,
+    ("scoring", "seed_source"): "fixed",
+    ("uniqueness", "ema"): 0.95,
+    ("uniqueness", "own_margin"): 0.0,
+    ("uniqueness", "overlap_halve"): 0.4,
+    ("uniqueness", "overlap_reset"): 0.5,
+    ("uniqueness", "overlap_ban"): 0.6,
+    ("uniqueness", "ban_windows"): 200,
+    ("rating", "mu"): 25.0,
+    ("rating", "sigma"): 25.0 / 3.0,
+    ("rating", "beta"): 7.0,
+    ("rating", "tau"): 0.1,
+    ("penalty", "missing"): 0.75,
+    ("penalty", "desynced"): 0.75,
+    ("penalty", "inactive"): 0.75,
+    ("penalty", "reset_after"): 25,
+    ("weights", "power"): 2.0,
+    ("weights", "min_sum"): 1e-8,
+    ("weights", "set_interval"): 50,
+    ("aggregation", "gather_size"): 15,
+    ("aggregation", "refresh_every"): 5,
+    ("aggregation", "effective_after"): 2,
+    ("aggregation", "min_peers"): 5,
+    ("schedule", "peak_lr"): 4e-4,
+    ("schedule", "warmup_windows"): 250,
+    ("schedule", "warmup_start_factor"): 0.1,
+    ("schedule", "t0"): 20000,
+    ("schedule", "t_mult"): 2,
+    ("schedule", "min_lr"): 4e-5,
+}
+OURS = {("scoring", "policy"): "all", ("scoring", "seed_source"): "chain",
+        ("scoring", "shared_random_batches"): True, ("uniqueness", "own_margin"): 0.2}
+
+
+@pytest.mark.parametrize(("key", "value"), PAPER.items(), ids=[".".join(k) for k in PAPER])
+def test_paper_preset_pins_the_reference_constants(key, value):
+    section, name = key
+    assert getattr(getattr(load_config(preset="paper"), section), name) == value
+
+
+def test_default_preset_differs_only_where_marked_ours():
+    paper, ours = load_config(preset="paper"), load_config(preset="default")
+    for (section, name), value in PAPER.items():
+        expected = OURS.get((section, name), value)
+        assert getattr(getattr(ours, section), name) == expected, f"{section}.{name}"
+    assert paper.preset == "paper" and ours.preset == "default"
+
+
+def test_sources_apply_in_order(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('preset = "paper"\n[rating]\nbeta = 9.0\ntau = 0.2\n')
+    env = {"GAUNTLET_RATING__TAU": "0.3", "GAUNTLET_RATING__MU": "30"}
+    cfg = load_config(path, environ=env, overrides=["rating.mu=31"])
+    assert (cfg.preset, cfg.rating.beta, cfg.rating.tau, cfg.rating.mu) == ("paper", 9.0, 0.3, 31.0)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("rating.beta=-1", "rating.beta"),
+    ("rating.colour=1", "remove it"),
+    ("uniqueness.overlap_halve=0.9", "overlap_halve <= overlap_reset"),
+    ("aggregation.min_peers=99", "lower min_peers"),
+    ("model.size=huge", "model.size"),
+])
+def test_invalid_values_name_the_field_and_the_fix(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides=[override])
+
+
+def test_bad_files_and_presets_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[rating\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="unknown"):
+        load_config(preset="fast")
+
+
+def test_resolved_config_round_trips_and_overrides_copy():
+    cfg = load_config()
+    assert GauntletConfig.model_validate_json(cfg.to_json()) == cfg
+    assert with_overrides(cfg, ["weights.power=1"]).weights.power == 1.0 and cfg.weights.power == 2.0
+
+
+def test_config_imports_without_torch_or_prefect():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['torch'] = None; sys.modules['prefect'] = None; "
+            "import gauntlet.config as c; c.load_config()")
+    subprocess.run([sys.executable, "-c", code], check=True)
