@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -33,7 +34,7 @@ COMMITMENT_VERSION = "g1"
 _TMP_PREFIX = ".gauntlet-tmp-"
 _KEY_RE = re.compile(r"^[A-Za-z0-9._\-]+(/[A-Za-z0-9._\-]+)*$")
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
-_LOCAL_READS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="gauntlet-local-read")
+_LOCAL_IO = ThreadPoolExecutor(max_workers=8, thread_name_prefix="gauntlet-local-io")
 
 
 def gradient_key(window: int, uid: int) -> str:
@@ -147,11 +148,15 @@ def check_key(key: str) -> str:
 
 
 class Bucket:
-    """A local folder (LocalFileSystem) or an S3 bucket (s3fs) behind the same methods."""
+    """A local folder (LocalFileSystem) or an S3 bucket (s3fs) behind the same methods.
+
+    Every call is bounded by `timeout_s` (on S3 the coroutine is cancelled; on a local disk the
+    caller stops waiting), on top of s3fs's own connect/read timeouts and retries.
+    """
 
     def __init__(self, fs: Any, root: str, name: str, *, is_s3: bool) -> None:
         self._fs, self._root, self.name, self._is_s3 = fs, root.rstrip("/"), name, is_s3
-        self._faults: tuple[type[BaseException], ...] = (OSError, TimeoutError, asyncio.TimeoutError)
+        self._faults: tuple[type[BaseException], ...] = (OSError, asyncio.TimeoutError)
         if is_s3:
             import aiohttp
             import botocore.exceptions
@@ -160,15 +165,13 @@ class Bucket:
 
     @classmethod
     def local(cls, path: str | os.PathLike[str]) -> Bucket:
-        root = Path(path).expanduser().resolve()
-        root.mkdir(parents=True, exist_ok=True)
-        return cls(LocalFileSystem(), str(root), str(root), is_s3=False)
+        """A folder; created by the first `put`, so reading a peer's bucket never creates one."""
+        root = str(Path(path).expanduser().resolve())
+        return cls(LocalFileSystem(), root, root, is_s3=False)
 
     @classmethod
-    def from_spec(
-        cls, spec: BucketSpec, *, allow_local: bool = True, retries: int = 3,
-        connect_timeout_s: float = 5.0, read_timeout_s: float = 15.0,
-    ) -> Bucket:
+    def from_spec(cls, spec: BucketSpec, *, allow_local: bool = True, retries: int = 3,
+                  connect_timeout_s: float = 5.0, read_timeout_s: float = 15.0) -> Bucket:
         """`allow_local=False` on a real network: a peer must not point the validator at its disk."""
         if spec.kind == "local":
             if not allow_local:
@@ -191,13 +194,18 @@ class Bucket:
     def _path(self, key: str) -> str:
         return f"{self._root}/{check_key(key)}"
 
+    def _call(self, timeout_s: float, method: str, *args: Any, **kwargs: Any) -> Any:
+        if timeout_s <= 0:
+            raise FSTimeoutError
+        if self._is_s3:
+            return sync(self._fs.loop, getattr(self._fs, f"_{method}"), *args, timeout=timeout_s, **kwargs)
+        return _LOCAL_IO.submit(getattr(self._fs, method), *args, **kwargs).result(timeout=timeout_s)
+
     @contextmanager
     def _translate(self, op: str, key: str) -> Iterator[None]:
         where = f"{op} {key!r} in bucket {self.name}"
         try:
             yield
-        except StorageError:
-            raise
         except FileNotFoundError as exc:
             raise ObjectMissing(f"{where}: no such object ({exc})") from exc
         except PermissionError as exc:
@@ -214,75 +222,66 @@ class Bucket:
             stamp = datetime.fromtimestamp(raw["mtime"], tz=UTC)
         return ObjectInfo(key=key, size=int(raw["size"]), last_modified=stamp)
 
-    def stat(self, key: str) -> ObjectInfo | None:
+    def stat(self, key: str, timeout_s: float = 30.0) -> ObjectInfo | None:
         """None when absent (a directory-like prefix counts as absent)."""
         path = self._path(key)
         try:
             with self._translate("stat", key):
-                raw = self._fs.info(path)
+                raw = self._call(timeout_s, "info", path)
         except ObjectMissing:
             return None
         return self._info(raw, key) if raw.get("type") == "file" else None
 
-    def list(self, prefix: str = "") -> list[ObjectInfo]:
+    def list(self, prefix: str = "", timeout_s: float = 30.0) -> list[ObjectInfo]:
         """Every object whose key starts with `prefix`, sorted by key."""
         base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         top = f"{self._root}/{check_key(base)}" if base else self._root
-        with self._translate("list", prefix):
-            try:
-                found = self._fs.find(top, detail=True)
-            except FileNotFoundError:
-                return []
+        try:
+            with self._translate("list", prefix):
+                found = self._call(timeout_s, "find", top, detail=True)
+        except ObjectMissing:
+            return []
         out = []
         for path, raw in found.items():
-            key = path[len(self._root) + 1:] if path.startswith(self._root + "/") else path
-            if raw.get("type") == "file" and key.startswith(prefix) and not key.rsplit("/", 1)[-1].startswith(_TMP_PREFIX):
+            key = path[len(self._root) + 1:]
+            if raw.get("type") == "file" and key.startswith(prefix) and _TMP_PREFIX not in key:
                 out.append(self._info(raw, key))
         return sorted(out, key=lambda o: o.key)
 
     def get(self, key: str, max_bytes: int, timeout_s: float) -> bytes:
-        """The object's bytes; refused by size before any byte is read, bounded by `timeout_s`."""
+        """The object's bytes; refused by size before any byte is read; `timeout_s` bounds it all."""
         if max_bytes < 0 or timeout_s <= 0:
             raise ValueError(f"max_bytes must be >= 0 and timeout_s > 0; got {max_bytes}, {timeout_s}")
-        info = self.stat(key)
+        deadline = time.monotonic() + timeout_s
+        info = self.stat(key, timeout_s)
+        where = f"get {key!r} in bucket {self.name}"
         if info is None:
-            raise ObjectMissing(f"get {key!r} in bucket {self.name}: no such object")
+            raise ObjectMissing(f"{where}: no such object")
         if info.size > max_bytes:
-            raise ObjectTooLarge(f"get {key!r} in bucket {self.name}: {info.size} bytes > cap {max_bytes}",
-                                 info.size, max_bytes)
-        path = self._path(key)
-        with self._translate("get", key):
-            if self._is_s3:  # read at most cap + 1 bytes: a swap after stat cannot blow the cap
-                data = sync(self._fs.loop, self._fs._cat_file, path, start=0, end=max_bytes + 1, timeout=timeout_s)
-            else:
-                data = _LOCAL_READS.submit(_read_prefix, path, max_bytes + 1).result(timeout=timeout_s)
+            raise ObjectTooLarge(f"{where}: {info.size} bytes > cap {max_bytes}", info.size, max_bytes)
+        with self._translate("get", key):  # at most cap + 1 bytes: a swap after stat cannot blow the cap
+            data = self._call(deadline - time.monotonic(), "cat_file", self._path(key), start=0, end=max_bytes + 1)
         if len(data) > max_bytes:
-            raise ObjectTooLarge(f"get {key!r} in bucket {self.name}: grew past cap {max_bytes} while read",
-                                 len(data), max_bytes)
+            raise ObjectTooLarge(f"{where}: grew past cap {max_bytes} while read", len(data), max_bytes)
         return data
 
-    def put(self, key: str, data: bytes) -> None:
-        """Atomic: readers see the old object or the new one, never a part."""
+    def put(self, key: str, data: bytes, timeout_s: float = 300.0) -> None:
+        """Atomic: readers see the old object or the new one, never a part (S3: one PUT, or a
+        multipart upload that appears at once; local: temp file, fsync, rename)."""
         path = self._path(key)
         with self._translate("put", key):
             if self._is_s3:
-                self._fs.pipe_file(path, bytes(data))  # one PUT (or a multipart that appears at once)
+                self._call(timeout_s, "pipe_file", path, bytes(data))
             else:
-                _atomic_write(Path(path), bytes(data))
+                _LOCAL_IO.submit(_atomic_write, Path(path), bytes(data)).result(timeout=timeout_s)
 
-    def delete(self, key: str) -> None:
+    def delete(self, key: str, timeout_s: float = 30.0) -> None:
         """Idempotent: deleting an absent object is not an error."""
-        path = self._path(key)
         try:
             with self._translate("delete", key):
-                self._fs.rm_file(path)
+                self._call(timeout_s, "rm_file", self._path(key))
         except ObjectMissing:
             return
-
-
-def _read_prefix(path: str, limit: int) -> bytes:
-    with open(path, "rb") as fh:
-        return fh.read(limit)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

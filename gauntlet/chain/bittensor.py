@@ -78,21 +78,24 @@ class BittensorChain:
         with self._sdk("read the head block"):
             return int(self._client.block)
 
-    def _block_info(self, block: int) -> Any:
-        with self._sdk(f"read block {block}"):
-            info = self._client.block_info(block) if 0 <= block <= self._client.block else None
-        if info is None:
+    def _check_exists(self, block: int) -> None:
+        """The SDK resolves a future block to no hash and then reads the head; refuse that here."""
+        if not 0 <= block <= self.block():
             raise ChainError(f"block {block} does not exist (yet) on {self}", "not_found")
-        return info
 
     def block_timestamp(self, block: int) -> float:
-        return float(self._block_info(block).timestamp.timestamp())
+        """From `Timestamp.Now` at that block (a state read the SDK retries on archive nodes)."""
+        self._check_exists(block)
+        with self._sdk(f"read the timestamp of block {block}"):
+            return float(self._client.timestamp(block).timestamp())
 
     def block_hash(self, block: int) -> str:
-        block_hash = self._block_info(block).hash
-        if not block_hash:
-            raise ChainError(f"the node returned no hash for block {block}", "unavailable")
-        return str(block_hash)
+        self._check_exists(block)
+        with self._sdk(f"read block {block}"):
+            info = self._client.block_info(block)
+        if info is None or not info.hash:
+            raise ChainError(f"the node returned no header for block {block}", "unavailable")
+        return str(info.hash)
 
     def metagraph(self) -> list[Neuron]:
         with self._sdk("read the metagraph"):

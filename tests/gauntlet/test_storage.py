@@ -22,10 +22,8 @@ from gauntlet.storage import (
 )
 from tests.s3server import FaultyProxy, S3Endpoint, bucket_spec, create_bucket, credentials_checked, moto_server
 
-pytestmark = pytest.mark.integration
 
-
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.integration)])
 def bucket(request: pytest.FixtureRequest, tmp_path: Path) -> Bucket:
     if request.param == "local":
         return Bucket.local(tmp_path / "bucket")
@@ -113,6 +111,7 @@ def test_local_oversized_object_refused_before_reading(tmp_path: Path) -> None:
         bucket.get("huge.bin", max_bytes=2**20, timeout_s=5)
 
 
+@pytest.mark.integration
 def test_s3_oversized_object_refused_before_reading(s3_server: S3Endpoint) -> None:
     name = create_bucket(s3_server)
     Bucket.from_spec(bucket_spec(s3_server, name)).put("big.bin", os.urandom(2 * 2**20))
@@ -123,6 +122,7 @@ def test_s3_oversized_object_refused_before_reading(s3_server: S3Endpoint) -> No
         assert not proxy.failed.is_set()  # the body never crossed the wire
 
 
+@pytest.mark.integration
 def test_s3_server_dying_mid_fetch_is_unavailable_not_a_hang(s3_server: S3Endpoint) -> None:
     name = create_bucket(s3_server)
     Bucket.from_spec(bucket_spec(s3_server, name)).put("big.bin", os.urandom(8 * 2**20))
@@ -134,6 +134,7 @@ def test_s3_server_dying_mid_fetch_is_unavailable_not_a_hang(s3_server: S3Endpoi
         assert proxy.failed.is_set() and time.monotonic() - start < 8
 
 
+@pytest.mark.integration
 def test_s3_hung_server_hits_the_timeout(s3_server: S3Endpoint) -> None:
     name = create_bucket(s3_server)
     Bucket.from_spec(bucket_spec(s3_server, name)).put("big.bin", os.urandom(4 * 2**20))
@@ -144,6 +145,26 @@ def test_s3_hung_server_hits_the_timeout(s3_server: S3Endpoint) -> None:
         assert proxy.failed.is_set()
 
 
+@pytest.mark.integration
+def test_s3_every_call_is_bounded_by_its_timeout(s3_server: S3Endpoint) -> None:
+    name = create_bucket(s3_server)
+    with FaultyProxy(s3_server.url, fail_after=0, mode="stall") as proxy:  # answers nothing at all
+        bucket = Bucket.from_spec(bucket_spec(s3_server, name, url=proxy.url))
+        for call in (lambda: bucket.stat("a.bin", timeout_s=0.5), lambda: bucket.list(timeout_s=0.5),
+                     lambda: bucket.put("a.bin", b"x", timeout_s=0.5)):
+            with pytest.raises(StorageUnavailable, match="timed out"):
+                call()
+
+
+def test_reading_a_local_bucket_never_creates_it(tmp_path: Path) -> None:
+    bucket = Bucket.local(tmp_path / "peer-9")
+    assert bucket.stat("a.bin") is None and bucket.list() == []
+    with pytest.raises(ObjectMissing):
+        bucket.get("a.bin", 10, 5)
+    assert not (tmp_path / "peer-9").exists()
+
+
+@pytest.mark.integration
 def test_s3_stopped_server_is_unavailable() -> None:
     with moto_server() as endpoint:
         bucket = Bucket.from_spec(bucket_spec(endpoint, create_bucket(endpoint)), retries=1)
@@ -153,6 +174,7 @@ def test_s3_stopped_server_is_unavailable() -> None:
             call()
 
 
+@pytest.mark.integration
 def test_s3_wrong_credentials_are_access_denied(s3_server: S3Endpoint) -> None:
     name = create_bucket(s3_server)
     bucket = Bucket.from_spec(bucket_spec(s3_server, name))
@@ -161,6 +183,7 @@ def test_s3_wrong_credentials_are_access_denied(s3_server: S3Endpoint) -> None:
         bucket.get("a.bin", 10, 5)
 
 
+@pytest.mark.integration
 def test_missing_s3_bucket_is_missing_object(s3_server: S3Endpoint) -> None:
     bucket = Bucket.from_spec(bucket_spec(s3_server, "never-created"))
     assert bucket.stat("a.bin") is None and bucket.list() == []
