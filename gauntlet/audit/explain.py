@@ -1,0 +1,264 @@
+"""`gauntlet explain`: why a peer got what it got in one window, in plain words.
+
+Written for the miner who asks "why did uid 7 get 0 in window 1200": every verdict with the
+party blamed and its measured detail, the four losses and what they mean, the indicator and the
+moving average, the rating before and after, the penalties, the final score and the weight, then
+the same one-line summary for its previous windows. The thresholds quoted are the ones the
+validator ran with (the window's stored config), not today's defaults.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from gauntlet.audit.query import connect
+from gauntlet.audit.store import AuditStore
+from gauntlet.verdicts import Reason
+
+Row = dict[str, Any]
+
+BLAME = {
+    "none": "accepted",
+    "peer": "the peer's fault",
+    "validator": "the validator's own fault, not held against the peer",
+    "infrastructure": "an infrastructure fault (storage, network), not held against the peer",
+}
+CONSEQUENCE = {
+    Reason.MISSING: "no file was found, so the peer had no submission this window",
+    Reason.TOO_EARLY: "a file uploaded before t_min (judged by the object store's LastModified) counts as no submission",
+    Reason.TOO_LATE: "a file uploaded after t_max (judged by the object store's LastModified) counts as no submission",
+    Reason.MALFORMED: "the file does not follow the submission format, so it could not be used",
+    Reason.NON_FINITE: "the file holds NaN or Inf values, so it could not be used",
+    Reason.DESYNCED: "the peer's model has drifted too far from the validator's (sync probe)",
+    Reason.COPIED: "its update is a copy of a peer that uploaded earlier; the later uploader is blamed",
+    Reason.BANNED: "the peer is barred for copying until its ban ends",
+}
+
+
+class AuditLookupError(LookupError):
+    """The window or the uid has no audit rows; the message says what does exist."""
+
+
+def explain(root: Path | str, uid: int, window: int, history: int = 5) -> str:
+    """The whole story of `uid` in `window`, then one line for each of its last `history` windows."""
+    if history < 0:
+        raise ValueError(f"history must be >= 0, got {history}")
+    store = AuditStore(root)
+    if not store.has_window(window):
+        done = store.windows()
+        known = f"windows {done[0]}..{done[-1]} ({len(done)} complete)" if done else "no windows at all"
+        raise AuditLookupError(f"window {window} has no complete audit rows under {store.root}; it holds {known}")
+    rows = {t: store.read(t, window).filter(uid=uid).to_dicts() for t in ("submissions", "verdicts", "scores", "ratings", "weights")}
+    if not any(rows.values()):
+        uids = store.read("ratings", window)["uid"].to_list()
+        raise AuditLookupError(
+            f"uid {uid} has no rows in window {window}: the validator did not know it as a peer then "
+            f"(uids with ratings in that window: {_span(uids)})"
+        )
+    win = store.read("windows", window).row(0, named=True)
+    cfg = json.loads(win["config_json"])
+    weights = store.read("weights", window)
+    lines = [_header(uid, win)]
+    lines += _submission(rows["submissions"], win)
+    lines += _verdicts(rows["verdicts"])
+    copied = any(v["reason"] == Reason.COPIED for v in rows["verdicts"])
+    lines += _scores(rows["scores"], cfg, copied)
+    lines += _rating(rows["ratings"], window)
+    lines += _weight(rows["weights"], float(weights["weight"].sum()), cfg)
+    lines += _history(store, uid, window, history)
+    return "\n".join(lines) + "\n"
+
+
+def _header(uid: int, win: Row) -> str:
+    width = win["t_max"] - win["t_min"]
+    return (f"uid {uid} in window {win['window_id']} (blocks {win['first_block']}-{win['last_block']}; put window "
+            f"{_iso(win['t_min'])} to {_iso(win['t_max'])}, {width:.1f} s; validator {win['validator_version']})")
+
+
+def _submission(rows: list[Row], win: Row) -> list[str]:
+    out = ["", "Submission"]
+    if not rows:
+        return out + ["  the validator did not look for a file from this peer"]
+    for row in rows:
+        if row["last_modified"] is None:
+            out.append(f"  {row['key']}: not found in the peer's bucket")
+            continue
+        t = row["last_modified"].timestamp()
+        where = (f"{win['t_min'] - t:.1f} s before t_min" if t < win["t_min"] else
+                 f"{t - win['t_max']:.1f} s after t_max" if t > win["t_max"] else f"{t - win['t_min']:.1f} s after t_min")
+        out.append(f"  {row['key']}: {row['size'] / 1e6:.2f} MB, LastModified {_iso(t)} ({where})")
+        if row["archived_path"]:
+            out.append(f"  kept for replays at {row['archived_path']}")
+    return out
+
+
+def _verdicts(rows: list[Row]) -> list[str]:
+    out = ["", "Verdicts"]
+    for row in rows:
+        out.append(f"  {row['stage']}: {row['reason']} ({BLAME.get(row['blame'], row['blame'])}): {row['detail']}")
+        consequence = CONSEQUENCE.get(row["reason"])
+        if consequence:
+            out.append(f"    -> {consequence}")
+    return out if rows else out + ["  none recorded"]
+
+
+def _scores(rows: list[Row], cfg: Row, copied: bool) -> list[str]:
+    out = ["", "Scores"]
+    if not rows:
+        return out + ["  no scores: only files that pass the filter are checked and scored"]
+    row = rows[0]
+    if row["loss_own_before"] is None:
+        out.append("  not evaluated by loss in this window (not chosen, or its file failed a check)")
+    else:
+        out.append(f"  loss on its own pages:    {row['loss_own_before']:.4f} -> {row['loss_own_after']:.4f} "
+                   f"(r_own = {_pct(row['own_improvement'])})")
+        out.append(f"  loss on random pages:     {row['loss_rand_before']:.4f} -> {row['loss_rand_after']:.4f} "
+                   f"(gradient score s_k = {_pct(row['gradient_score'])})")
+    out += _indicator(row)
+    if row["sync_score"] is not None:
+        out.append(f"  sync score {row['sync_score']:.3f} ({_num(row['steps_behind'], '.2f')} steps behind the validator)")
+    out += _overlap(row, cfg.get("uniqueness", {}), copied)
+    return out
+
+
+def _indicator(row: Row) -> list[str]:
+    b, avg = row["indicator"], row["moving_average"]
+    out = []
+    if b == 1:
+        out.append("  indicator b = +1: the update helped its own pages more than random ones (r_own > s_k), "
+                   "as an update computed on its own data should")
+    elif b == -1:
+        out.append("  indicator b = -1: the update did not help its own pages more than random ones (r_own <= s_k), "
+                   "the mark of a copied, generic or stale update")
+    if avg is not None:
+        out.append(f"  moving average B = {avg:.4f} after this window (F is 0 while B <= 0)")
+    return out
+
+
+def _overlap(row: Row, uq: Row, copied: bool) -> list[str]:
+    if row["max_overlap"] is None:
+        return []
+    overlap, partner = row["max_overlap"], row["overlap_with"]
+    rules = [(uq.get("overlap_ban"), f"the later uploader is reset and barred for {uq.get('ban_windows')} windows"),
+             (uq.get("overlap_reset"), "the later uploader's score is reset"),
+             (uq.get("overlap_halve"), "the later uploader's score is halved")]
+    hit = next((f">= {t:.2f}: {what}" for t, what in rules if t is not None and overlap >= t), None)
+    if hit is None:
+        note = f"below the {uq['overlap_halve']:.2f} threshold" if "overlap_halve" in uq else "no copy rule applied"
+    else:
+        note = hit + ("; this peer was judged the copier" if copied else "; this peer was not judged the copier")
+    with_ = f" with uid {partner}" if partner is not None else ""
+    return [f"  largest top-k overlap {overlap:.2f}{with_} ({note})"]
+
+
+def _rating(rows: list[Row], window: int) -> list[str]:
+    out = ["", "Rating"]
+    if not rows:
+        return out + ["  no rating row (the peer was not known to the validator's state)"]
+    r = rows[0]
+    before = r["mu_before"] is not None and r["sigma_before"] is not None
+    ord_before = r["mu_before"] - 3 * r["sigma_before"] if before else None  # ordinal = mu - 3 sigma
+    match = "took part in this window's match" if r["rated_in_match"] else "not in this window's match: rating unchanged by it"
+    out.append(f"  mu {_num(r['mu_before'])} -> {r['mu']:.3f}, sigma {_num(r['sigma_before'])} -> {r['sigma']:.3f}, "
+               f"ordinal {_num(ord_before)} -> {r['ordinal']:.3f} ({match})")
+    out.append(f"  penalties: {', '.join(r['penalties']) if r['penalties'] else 'none'}")
+    out.append(f"  final score F {_num(r['final_score_before'], '.4f')} -> {r['final_score']:.4f} "
+               f"(F = ordinal x max(0, B) x sync for peers in the match; penalties multiply it)")
+    if r["banned_until"] is not None and r["banned_until"] > window:
+        out.append(f"  barred until window {r['banned_until']}")
+    if r["inactive_windows"]:
+        out.append(f"  inactive for {r['inactive_windows']} window(s) in a row")
+    return out
+
+
+def _weight(rows: list[Row], total: float, cfg: Row) -> list[str]:
+    out = ["", "Weight"]
+    if not rows:
+        return out + ["  no weight row"]
+    w = rows[0]
+    share = f" ({w['weight'] / total:.2%} of the total)" if total > 0 else ""
+    out.append(f"  weight {w['weight']:.6f}{share}")
+    if not w["set_on_chain"]:
+        every = cfg.get("weights", {}).get("set_interval")
+        return out + [f"  not sent to the chain this window{f' (weights are set every {every} windows)' if every else ''}"]
+    answer = {True: "accepted", False: "refused", None: "no answer"}[w["chain_success"]]
+    return out + [f"  set on chain at block {w['set_at_block']}: {answer} ({w['chain_message'] or 'no message'})"]
+
+
+_HISTORY_SQL = """
+WITH seen AS (SELECT window_id FROM verdicts WHERE uid = $uid
+              UNION SELECT window_id FROM ratings WHERE uid = $uid
+              ORDER BY window_id DESC LIMIT $n),
+v AS (SELECT window_id, string_agg(reason, '+' ORDER BY stage) AS reasons FROM verdicts
+      WHERE uid = $uid AND window_id IN (SELECT window_id FROM seen) GROUP BY window_id)
+SELECT seen.window_id, v.reasons, s.gradient_score, s.own_improvement, s.indicator, r.moving_average,
+       r.final_score, r.penalties, g.weight
+FROM seen LEFT JOIN v USING (window_id)
+LEFT JOIN scores s ON s.window_id = seen.window_id AND s.uid = $uid
+LEFT JOIN ratings r ON r.window_id = seen.window_id AND r.uid = $uid
+LEFT JOIN weights g ON g.window_id = seen.window_id AND g.uid = $uid
+ORDER BY seen.window_id DESC
+"""
+
+
+def _history(store: AuditStore, uid: int, window: int, history: int) -> list[str]:
+    rows = _history_rows(store, uid, window, history + 1)
+    current = [r for r in rows if r["window_id"] == window]
+    past = [r for r in rows if r["window_id"] < window][:history]
+    out = ["", "Summary", f"  {summary_line(current[0])}"] if current else []
+    if history:
+        out += ["", f"Previous windows (last {history})"]
+        out += [f"  {summary_line(r)}" for r in past] or ["  none: this is its first window in the audit tables"]
+    return out
+
+
+def _history_rows(store: AuditStore, uid: int, window: int, n: int) -> list[Row]:
+    """The peer's last n windows up to `window`: first among the few windows just before (a peer
+    usually has rows in every window), then, if it had gaps, among all of them."""
+    done = [w for w in store.windows() if w <= window]
+    for candidates in (done[-4 * n:], done):
+        con = connect(store.root, windows=candidates)
+        try:
+            rows = con.sql(_HISTORY_SQL, params={"uid": uid, "n": n}).pl().to_dicts()
+        finally:
+            con.close()
+        if len(rows) >= n or len(candidates) == len(done):
+            return rows
+    return rows
+
+
+def summary_line(r: Row) -> str:
+    """One window of one peer in a line: verdicts, s_k, r_own, b, B, F, penalties, weight."""
+    parts = [f"window {r['window_id']}: {r['reasons'] or 'no verdict'}"]
+    if r["gradient_score"] is not None:
+        b = "n/a" if r["indicator"] is None else f"{r['indicator']:+d}"
+        parts.append(f"s_k {_pct(r['gradient_score'])}, r_own {_pct(r['own_improvement'])}, b {b}")
+    else:
+        parts.append("not scored")
+    parts.append(f"B {_num(r['moving_average'], '.4f')}, F {_num(r['final_score'], '.4f')}")
+    if r["penalties"]:
+        parts.append("penalties " + ", ".join(r["penalties"]))
+    parts.append(f"weight {_num(r['weight'], '.6f')}")
+    return "; ".join(parts)
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:+.3%}"
+
+
+def _num(x: float | None, spec: str = ".3f") -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _span(uids: list[int]) -> str:
+    uids = sorted(uids)
+    if len(uids) > 12:
+        return f"{len(uids)} uids, {uids[0]}..{uids[-1]}"
+    return ", ".join(map(str, uids)) or "none"
