@@ -19,6 +19,8 @@ for key in [k for k in os.environ if k.startswith("GAUNTLET_")]:
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+pytest_plugins = ["tests.s3server"]  # `s3_server`: moto's real S3 server on 127.0.0.1
+
 torch.set_num_threads(1)
 
 
