@@ -85,7 +85,7 @@ def describe(table: str | None = None) -> str:
             raise KeyError(f"unknown audit table {name!r}; tables are {', '.join(TABLES)}")
         lines.append(f"{name}")
         for field in SCHEMAS[name]:
-            null = " (nullable)" if field.nullable else ""
-            lines.append(f"  {field.name:<22} {sql_type(field.type):<10} {DESCRIPTIONS[name][field.name]}{null}")
+            null = "nullable" if field.nullable else ""
+            lines.append(f"  {field.name:<22} {sql_type(field.type):<12} {null:<9} {DESCRIPTIONS[name][field.name]}")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"

@@ -103,7 +103,7 @@ class AuditStore:
         """
         _check_table(table)
         wanted = set(self.windows()) if windows is None else set(windows)
-        files = [str(path) for w, path in self._files(table) if w in wanted]
+        files = [path for w, path in self._files(table) if w in wanted]
         return ds.dataset(files, schema=SCHEMAS[table], format="parquet", partitioning=_HIVE,
                           partition_base_dir=str(self.root / table))
 
@@ -125,15 +125,17 @@ class AuditStore:
                 _fsync_dir(folder.parent)
         return found
 
-    def _files(self, table: str) -> list[tuple[int, Path]]:
-        folder = self.root / table
-        if not folder.is_dir():
+    def _files(self, table: str) -> list[tuple[int, str]]:
+        """(window, path) of every published file of a table; plain strings, as this runs per file."""
+        folder = os.path.join(self.root, table)
+        if not os.path.isdir(folder):
             return []
         out = []
         for entry in os.scandir(folder):
             match = _PARTITION.match(entry.name)
-            if match and os.path.isfile(os.path.join(entry.path, PART)):
-                out.append((int(match.group(1)), Path(entry.path) / PART))
+            path = os.path.join(entry.path, PART)
+            if match and os.path.isfile(path):
+                out.append((int(match.group(1)), path))
         return sorted(out)
 
     def _check_conflict(self, table: str, window_id: int, data: pa.Table) -> bool:
