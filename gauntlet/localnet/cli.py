@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gauntlet.audit.store import AuditStore
+from gauntlet.config import DataConfig
 from gauntlet.localnet.network import DEFAULT_FOLDER, HOSTILE_ORDER, Network, init_network, load_network, parse_mix
 from gauntlet.localnet.simulate import MinerReport, run_network
 from gauntlet.validator import restore_state, validate_window
@@ -24,7 +25,7 @@ def _init(args: argparse.Namespace) -> int:
     behaviours = parse_mix(args.behaviours) if args.behaviours else None
     try:
         net = init_network(args.network, peers=args.peers, behaviours=behaviours, seed=args.seed, force=args.force,
-                           overrides=args.set or ())
+                           corpus=args.corpus, tokenizer=args.tokenizer, overrides=args.set or ())
     except (FileExistsError, ValueError) as exc:
         print(f"gauntlet localnet init: {exc}", file=sys.stderr)
         return 2
@@ -75,8 +76,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     init.add_argument("--peers", type=int, default=None,
                       help="number of peers in the default mix: at least 40%% honest, then one of each hostile "
                            f"kind in this order while they fit: {', '.join(HOSTILE_ORDER)} (default: 12)")
-    init.add_argument("--behaviours", metavar="MIX", help="e.g. honest=8,copycat=1,sybil=2, in uid order (must total --peers if both are given)")
+    init.add_argument("--behaviours", metavar="MIX",
+                      help="e.g. honest=8,copycat=1,sybil=2, in uid order (must total --peers if both are given)")
     init.add_argument("--seed", type=int, default=0, help="seed of the hostile behaviours' randomness")
+    data = DataConfig()
+    init.add_argument("--corpus", type=Path, default=Path(data.corpus),
+                      help="corpus folder, built by `gauntlet data prepare` if missing (default: %(default)s)")
+    init.add_argument("--tokenizer", type=Path, default=Path(data.tokenizer),
+                      help="tokenizer folder, built with the corpus if missing (default: %(default)s)")
     init.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
                       help="change a setting of the network's config.toml (repeatable)")
     init.add_argument("--force", action="store_true", help="replace an existing network in the folder")

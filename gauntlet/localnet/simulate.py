@@ -100,10 +100,11 @@ def read_gather(network: Network, window: int) -> list[int] | None:
     bucket = network.bucket(network.validator.uid)
     if bucket.stat(GATHER_KEY) is None:
         return None
-    payload = json.loads(bucket.get(GATHER_KEY, max_bytes=MAX_GATHER_BYTES, timeout_s=network.config.filter.fetch_timeout_s))
+    timeout = network.config.filter.fetch_timeout_s
+    raw = bucket.get(GATHER_KEY, max_bytes=MAX_GATHER_BYTES, timeout_s=timeout)
     try:
-        schedule = tuple((int(e), tuple(int(u) for u in uids)) for e, uids in payload["schedule"])
-    except (KeyError, TypeError, ValueError) as exc:
+        schedule = tuple((int(e), tuple(int(u) for u in uids)) for e, uids in json.loads(raw)["schedule"])
+    except (KeyError, TypeError, ValueError) as exc:  # JSONDecodeError is a ValueError
         raise ValueError(f"the validator's {GATHER_KEY} is not a gather schedule: {exc}") from exc
     chosen = ValidatorState(gather_schedule=schedule).gather_for(window)
     return None if chosen is None else list(chosen)
@@ -211,6 +212,7 @@ class Miners:
         while self.next_window < window:
             log.info("miners catching up on window %d (they did not run in it)", self.next_window)
             self.aggregate(self.next_window)
+            save_checkpoint(self.theta, self.theta_path(self.next_window))
 
 
 def _copy_params(model: torch.nn.Module, params: dict[str, torch.Tensor]) -> None:
