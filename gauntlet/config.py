@@ -180,6 +180,14 @@ class AuditConfig(_Section):
     """Keep a copy of every fetched file so a window can be replayed after buckets expire."""
 
 
+class ScaleoutConfig(_Section):
+    dask_address: str = ""
+    """Empty: score on this machine (Prefect's thread pool). `tcp://host:8786`: an existing Dask
+    scheduler whose workers score chunks of peers (prefect-dask)."""
+    gpu_resource: bool = False
+    """Route scoring tasks to Dask workers started with `--resources GPU=1`."""
+
+
 class ValidatorConfig(_Section):
     workdir: str = "data/localnet/validator"
     """Checkpoints (`checkpoints/<W>.safetensors` = theta at the start of W) and the archive of
@@ -205,6 +213,7 @@ class GauntletConfig(_Section):
     storage: StorageConfig = StorageConfig()
     audit: AuditConfig = AuditConfig()
     validator: ValidatorConfig = ValidatorConfig()
+    scaleout: ScaleoutConfig = ScaleoutConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> GauntletConfig:

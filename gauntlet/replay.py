@@ -1,0 +1,165 @@
+"""Retrospective replays: recompute a window from its stored inputs and compare with the record.
+
+Inputs of window W: its `windows` row (the plan as read from the chain, the seed, the resolved
+config), the archived peer files (`submissions.archived_path`), the checkpoint theta_W (its hash
+is in `windows.checkpoint_before`) and the state after W - 1 (the `ratings` snapshot). Replays run
+in a scratch folder and never touch the live checkpoints or tables.
+
+With overrides (`--set rating.beta=20`) a range of windows is replayed under another setting,
+carrying the replayed state forward while every window keeps its recorded inputs and model, and
+the weights are shown beside the recorded ones: a what-if for research and for disputes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gauntlet.audit.store import AuditStore
+from gauntlet.config import GauntletConfig, with_overrides
+from gauntlet.ratings import ValidatorState
+from gauntlet.validator import restore_state
+from gauntlet.verdicts import Reason
+from gauntlet.window.context import build_context, state_hash
+from gauntlet.window.fetch import FetchRecord
+from gauntlet.window.plan import WindowPlan
+from gauntlet.window.runner import Computed, compute_window
+
+
+class InputsGone(FileNotFoundError):
+    """A stored input of the window (row, archived file, checkpoint) no longer exists."""
+
+
+@dataclass
+class ReplayReport:
+    window: int
+    differences: list[str] = field(default_factory=list)
+    weights_recorded: dict[int, float] = field(default_factory=dict)
+    weights_replayed: dict[int, float] = field(default_factory=dict)
+    compared: int = 0
+
+    @property
+    def identical(self) -> bool:
+        return not self.differences
+
+
+def _records(store: AuditStore, window: int) -> list[FetchRecord]:
+    verdicts = {r["uid"]: r for r in store.read("verdicts", window_id=window).iter_rows(named=True)}
+    out = []
+    for row in store.read("submissions", window_id=window).iter_rows(named=True):
+        uid, path = row["uid"], row["archived_path"]
+        if path is not None and not Path(path).exists():
+            raise InputsGone(f"archived file of uid {uid} for window {window} is gone: {path}")
+        lm = row["last_modified"].timestamp() if row["last_modified"] is not None else None
+        error = None if path else Reason(verdicts[uid]["reason"])
+        out.append(FetchRecord(uid, row["key"], row["size"], lm, row["content_hash"], path, error,
+                               "" if path else verdicts[uid]["detail"]))
+    return out
+
+
+def _inputs(store: AuditStore, window: int) -> tuple[dict, WindowPlan, list[FetchRecord]]:
+    if not store.has_window(window):
+        raise InputsGone(f"window {window} has no audit record under {store.root}")
+    row = store.read("windows", window_id=window).row(0, named=True)
+    return row, WindowPlan.from_dict(json.loads(row["plan_json"])), _records(store, window)
+
+
+def _scratch_context(cfg: GauntletConfig, live_workdir: Path, window: int, expected_hash: str, scratch: Path):
+    source = live_workdir / "checkpoints" / f"{window:08d}.safetensors"
+    if not source.exists():
+        raise InputsGone(f"checkpoint of window {window} is gone: {source}")
+    if state_hash(source) != expected_hash:
+        raise InputsGone(f"checkpoint {source} does not match the recorded hash {expected_hash[:12]}")
+    ctx = build_context(cfg.model_copy(update={"validator": cfg.validator.model_copy(update={"workdir": str(scratch)})}),
+                        scratch)
+    ctx.checkpoint_path(window).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, ctx.checkpoint_path(window))
+    return ctx
+
+
+def _same(a: object, b: object) -> bool:
+    """Equality, with NaN equal to NaN (a recorded NaN replayed as NaN is reproduced)."""
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or (math.isnan(a) and math.isnan(b))
+    return a == b
+
+
+def compare(store: AuditStore, window: int, done: Computed, report: ReplayReport) -> None:
+    """Every recorded value that the replay recomputes must be equal, bit for bit."""
+    def check(what: str, recorded, replayed) -> None:
+        report.compared += 1
+        if not _same(recorded, replayed):
+            report.differences.append(f"{what}: recorded {recorded!r}, replayed {replayed!r}")
+
+    for row in store.read("verdicts", window_id=window).iter_rows(named=True):
+        got = done.verdicts.get(row["uid"])
+        check(f"uid {row['uid']} verdict", row["reason"], str(got.reason) if got else None)
+    for row in store.read("scores", window_id=window).iter_rows(named=True):
+        losses = done.evaluation.losses.get(row["uid"])
+        for col, attr in (("loss_own_before", "own_before"), ("loss_own_after", "own_after"),
+                          ("loss_rand_before", "rand_before"), ("loss_rand_after", "rand_after")):
+            check(f"uid {row['uid']} {col}", row[col], getattr(losses, attr) if losses else None)
+    replayed = {r.state.uid: r.state for r in done.rated.records}
+    for row in store.read("ratings", window_id=window).iter_rows(named=True):
+        peer = replayed.get(row["uid"])
+        for col in ("mu", "sigma", "final_score", "moving_average"):
+            check(f"uid {row['uid']} {col}", row[col], getattr(peer, col) if peer else None)
+    for uid, w in report.weights_recorded.items():
+        check(f"uid {uid} weight", w, report.weights_replayed.get(uid))
+    win = store.read("windows", window_id=window).row(0, named=True)
+    check("checkpoint after the step", win["checkpoint_after"], done.checkpoint_after)
+
+
+def replay_window(store: AuditStore, window: int, state: ValidatorState | None = None,
+                  overrides: Sequence[str] = (), live_workdir: Path | None = None) -> tuple[ReplayReport, ValidatorState]:
+    """Recompute one window; compare with the record when no overrides are given."""
+    row, plan, records = _inputs(store, window)
+    recorded_cfg = GauntletConfig.model_validate_json(row["config_json"])
+    cfg = with_overrides(recorded_cfg, overrides) if overrides else recorded_cfg
+    state = restore_state(store, before_window=window) if state is None else state
+    live = Path(live_workdir or recorded_cfg.validator.workdir)
+    with tempfile.TemporaryDirectory(prefix=f"gauntlet-replay-{window}-") as scratch:
+        ctx = _scratch_context(cfg, live, window, row["checkpoint_before"], Path(scratch))
+        done = compute_window(ctx, plan, records, state)
+    report = ReplayReport(window)
+    report.weights_recorded = {r["uid"]: r["weight"] for r in store.read("weights", window_id=window).iter_rows(named=True)}
+    report.weights_replayed = dict(done.rated.weights)
+    if not overrides:
+        compare(store, window, done, report)
+    return report, done.rated.state
+
+
+def replay_range(store: AuditStore, first: int, last: int, overrides: Sequence[str] = (),
+                 live_workdir: Path | None = None) -> list[ReplayReport]:
+    """Replay windows in order, carrying the replayed state (what-if) from the first one on."""
+    state = restore_state(store, before_window=first)
+    reports = []
+    for window in [w for w in store.windows() if first <= w <= last]:
+        report, state = replay_window(store, window, state, overrides, live_workdir)
+        reports.append(report)
+    if not reports:
+        raise InputsGone(f"no recorded windows between {first} and {last} under {store.root}")
+    return reports
+
+
+def render_reports(reports: Sequence[ReplayReport], what_if: bool) -> str:
+    """Per window: identical or the differences; for a what-if, the weights side by side."""
+    lines = []
+    for r in reports:
+        if what_if:
+            lines.append(f"window {r.window}: weights recorded -> replayed")
+            for uid in sorted(set(r.weights_recorded) | set(r.weights_replayed)):
+                a, b = r.weights_recorded.get(uid, 0.0), r.weights_replayed.get(uid, 0.0)
+                mark = "" if abs(a - b) < 1e-9 else f"   ({b - a:+.4f})"
+                lines.append(f"  uid {uid:>4}: {a:.4f} -> {b:.4f}{mark}")
+        elif r.identical:
+            lines.append(f"window {r.window}: identical ({r.compared} values compared)")
+        else:
+            lines.append(f"window {r.window}: {len(r.differences)} of {r.compared} values differ")
+            lines.extend(f"  {d}" for d in r.differences)
+    return "\n".join(lines)

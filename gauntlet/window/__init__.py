@@ -1,0 +1,1 @@
+"""The stages of one window as functions over stored inputs (see runner.py for the order)."""
