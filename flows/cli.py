@@ -1,0 +1,87 @@
+"""The installed `gauntlet` command: the core's commands plus the Prefect ones.
+
+`validate`, `follow` and `demo` run flows (Prefect's temporary local API unless PREFECT_API_URL
+points at a server); `serve` serves the deployments of deployments/serve.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+from deployments.serve import serve_all
+from gauntlet import cli as core_cli
+from flows.follow import follow_chain
+from flows.localnet import localnet
+from flows.validate import validate_window
+
+
+def _quiet_flows():
+    """A flow's heartbeat thread costs about 1 s per (sub)flow run; short CLI runs skip it."""
+    return temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
+
+
+def _validate(args: argparse.Namespace) -> int:
+    with _quiet_flows():
+        out = validate_window(window=args.window, config=args.config, network=args.network,
+                              rerun=args.rerun, force_weights=args.force_weights)
+    print(out if out.get("skipped") else f"window {args.window} validated; aggregated {out['gather']}")
+    return 0
+
+
+def _follow(args: argparse.Namespace) -> int:
+    done = follow_chain(config=args.config, network=args.network, max_windows=args.max_windows,
+                        catch_up=args.catch_up, idle_timeout_s=args.idle_timeout)
+    print(f"validated windows {done}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    with _quiet_flows():
+        localnet(windows=args.windows, peers=args.peers, network=args.network, fresh=not args.resume)
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    serve_all(config=args.config, network=args.network)
+    return 0
+
+
+def _source(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="a TOML config file")
+    p.add_argument("--network", help="a local network folder (uses its config.toml)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("validate", help="validate one window as a Prefect flow run")
+    p.add_argument("--window", type=int, required=True)
+    p.add_argument("--rerun", action="store_true", help="recompute a window already validated")
+    p.add_argument("--force-weights", action="store_true", help="set weights on chain even if not due")
+    _source(p)
+    p.set_defaults(func=_validate)
+    p = sub.add_parser("follow", help="follow the chain: validate each window as it closes")
+    p.add_argument("--max-windows", type=int)
+    p.add_argument("--catch-up", type=int, default=0, help="a new validator starts this many windows back")
+    p.add_argument("--idle-timeout", type=float, help="stop after this many seconds without a new window")
+    _source(p)
+    p.set_defaults(func=_follow)
+    p = sub.add_parser("demo", help="run a local network end to end and show who got paid and why")
+    p.add_argument("--windows", type=int, default=10)
+    p.add_argument("--peers", type=int, default=21)
+    p.add_argument("--network", default="data/localnet")
+    p.add_argument("--resume", action="store_true", help="continue the existing network folder")
+    p.set_defaults(func=_demo)
+    p = sub.add_parser("serve", help="serve the Prefect deployments (validator, schedule, replay, localnet)")
+    _source(p)
+    p.set_defaults(func=_serve)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return core_cli.main(argv, extra=[register])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

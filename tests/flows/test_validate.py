@@ -1,0 +1,65 @@
+"""The window flow over a local network of 8 peers: audit rows, weights on chain, idempotent reruns."""
+
+from __future__ import annotations
+
+import pytest
+
+from flows.validate import validate_window
+from gauntlet.audit.store import AuditStore
+from gauntlet.localnet.simulate import run_network
+from gauntlet.verdicts import Reason
+from tests.flows.conftest import make_network
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+
+@pytest.fixture(scope="module")
+def validated(tmp_path_factory, prepared_data):
+    """Miners for 4 windows; the flow validates each window as soon as it is ready (0 and 1)."""
+    net = make_network(tmp_path_factory.mktemp("net"), prepared_data)
+    done = []
+
+    def validate(window: int) -> None:
+        out = validate_window(window=window, network=str(net.folder))
+        assert not out["skipped"]
+        done.append(window)
+
+    run_network(net, 4, validate)
+    return net, done
+
+
+def test_flow_writes_every_table_and_sets_weights(validated):
+    net, done = validated
+    store = AuditStore(net.config.audit.root)
+    assert done and store.windows() == done
+    n_peers = len(net.peers)
+    for window in done:
+        assert store.read("submissions", window_id=window).height == n_peers
+        assert store.read("verdicts", window_id=window).height == n_peers
+        assert store.read("ratings", window_id=window).height == n_peers
+        assert store.read("weights", window_id=window).height == n_peers
+        assert store.read("windows", window_id=window).height == 1
+    reasons = {r["uid"]: r["reason"] for r in store.read("verdicts", window_id=done[-1]).iter_rows(named=True)}
+    assert reasons[net.uids("late")[0]] == Reason.TOO_LATE
+    assert reasons[net.uids("malformed")[0]] == Reason.MALFORMED
+    assert reasons[net.uids("copycat")[0]] == Reason.COPIED
+    assert all(reasons[u] == Reason.OK for u in net.uids("honest"))
+    history = net.chain.weights_history(hotkey=net.config.validator.hotkey)
+    assert len(history) == len(done)  # set_interval = 1 in the local network
+    weights = store.read("weights", window_id=done[-1])
+    assert weights.filter(weights["set_on_chain"])["chain_success"].to_list() == [True] * n_peers
+
+
+def test_rerun_is_idempotent(validated):
+    net, done = validated
+    store = AuditStore(net.config.audit.root)
+    window = done[-1]
+    before = {t: store.read(t, window_id=window) for t in ("verdicts", "scores", "ratings", "weights")}
+    chain_before = len(net.chain.weights_history(hotkey=net.config.validator.hotkey))
+
+    assert validate_window(window=window, network=str(net.folder))["skipped"]
+    out = validate_window(window=window, network=str(net.folder), rerun=True)
+    assert not out["skipped"]
+    for table, frame in before.items():
+        assert store.read(table, window_id=window).equals(frame), table
+    assert len(net.chain.weights_history(hotkey=net.config.validator.hotkey)) == chain_before
