@@ -301,7 +301,7 @@ def run_miners(network: Network, window: int, miners: Miners | None = None) -> M
     seconds["total"] = sum(seconds.values())
     report = MinerReport(window, env.lr, t_min, t_max, sorted(uploads, key=lambda u: u.uid), verdicts, aggregated,
                          gather, stepped, seconds)
-    log.info("%s", report.summary())
+    log.debug("%s", report.summary())
     return report
 
 
