@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv test demo bench clean data
+.PHONY: venv test demo bench clean data ui
 
 venv: $(STAMP)
 
@@ -24,8 +24,14 @@ data: $(STAMP)
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Prefect's temporary local API keeps its runs in data/prefect; `make ui` shows them.
+export PREFECT_HOME ?= $(CURDIR)/data/prefect
+
 demo: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/gauntlet demo
+
+ui: $(STAMP)
+	$(BIN)/prefect server start --host 127.0.0.1 --port 4200
 
 bench: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m benchmarks.run
