@@ -8,7 +8,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 # Prefect reads these at import; set them before anything imports prefect.
-os.environ.setdefault("PREFECT_HOME", str(ROOT / ".prefect-test"))
+os.environ["PREFECT_HOME"] = str(ROOT / ".prefect-test")  # never the demo's data/prefect
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
