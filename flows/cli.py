@@ -16,7 +16,7 @@ from deployments.serve import serve_all
 from gauntlet import cli as core_cli
 from flows.follow import follow_chain
 from flows.localnet import localnet
-from flows.validate import validate_window
+from flows.validate import resolve_config, with_task_runner
 
 
 def _quiet_flows():
@@ -25,9 +25,10 @@ def _quiet_flows():
 
 
 def _validate(args: argparse.Namespace) -> int:
+    flow = with_task_runner(resolve_config(args.config, args.network))
     with _quiet_flows():
-        out = validate_window(window=args.window, config=args.config, network=args.network,
-                              rerun=args.rerun, force_weights=args.force_weights)
+        out = flow(window=args.window, config=args.config, network=args.network,
+                   rerun=args.rerun, force_weights=args.force_weights)
     print(out if out.get("skipped") else f"window {args.window} validated; aggregated {out['gather']}")
     return 0
 

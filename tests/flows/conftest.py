@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,9 @@ def prefect_api():
             yield
 
 
-def make_network(folder: Path, prepared_data: tuple[Path, Path], roster: list[str] = ROSTER) -> Network:
+def make_network(folder: Path, prepared_data: tuple[Path, Path], roster: list[str] = ROSTER,
+                 overrides: Sequence[str] = ()) -> Network:
+    """A local network for flow tests; `overrides` (`section.field=value`) go into its config.toml."""
     corpus, tokenizer = prepared_data
     return init_network(folder, behaviours=roster, corpus=corpus, tokenizer=tokenizer, force=True,
-                        overrides=["filter.put_window_s=1.0"])
+                        overrides=["filter.put_window_s=1.0", *overrides])
