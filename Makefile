@@ -26,6 +26,7 @@ test: $(STAMP)
 
 # Prefect's temporary local API keeps its runs in data/prefect; `make ui` shows them.
 export PREFECT_HOME ?= $(CURDIR)/data/prefect
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
 demo: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/gauntlet demo

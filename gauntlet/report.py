@@ -54,10 +54,12 @@ def render(audit_root: Path, network: Path) -> str:
         f"Peers after window {last} (behaviour from the local network's manifest; the validator never saw it):",
         text,
         f"Share of window {last}'s weight that went to honest miners: {share:.1%}",
+        "(`scaled` and the first `sybil` upload honestly computed updates, so they may be paid too;"
+        " normalisation removes the scaling, and the sybil's twins are caught as copies.)",
         "",
         "Look further:",
         f"  gauntlet audit --root {audit_root} \"SELECT uid, reason, detail FROM verdicts WHERE reason <> 'ok' ORDER BY window_id DESC, uid LIMIT 20\"",
         f"  gauntlet explain --root {audit_root} --window {last} --uid <UID>",
         f"  gauntlet replay --root {audit_root} --window {last}",
-        "  prefect server start   # then open http://127.0.0.1:4200 for the flow runs and per-window artifacts",
+        "  make ui   # the Prefect UI on http://127.0.0.1:4200: every window's flow run, tasks and artifacts",
     ])
