@@ -117,22 +117,23 @@ def _scores(rows: list[Row], cfg: Row, copied: bool) -> list[str]:
                    f"(r_own = {_pct(row['own_improvement'])})")
         out.append(f"  loss on random pages:     {row['loss_rand_before']:.4f} -> {row['loss_rand_after']:.4f} "
                    f"(gradient score s_k = {_pct(row['gradient_score'])})")
-    out += _indicator(row)
+    out += _indicator(row, float(cfg.get("uniqueness", {}).get("own_margin", 0.0)))
     if row["sync_score"] is not None:
         out.append(f"  sync score {row['sync_score']:.3f} ({_num(row['steps_behind'], '.2f')} steps behind the validator)")
     out += _overlap(row, cfg.get("uniqueness", {}), copied)
     return out
 
 
-def _indicator(row: Row) -> list[str]:
+def _indicator(row: Row, margin: float) -> list[str]:
     b, avg = row["indicator"], row["moving_average"]
+    rule = "r_own > s_k" if margin == 0 else f"r_own > s_k + {margin:g} x |s_k|"
     out = []
     if b == 1:
-        out.append("  indicator b = +1: the update helped its own pages more than random ones (r_own > s_k), "
+        out.append(f"  indicator b = +1: the update helped its own pages clearly more than random ones ({rule}), "
                    "as an update computed on its own data should")
     elif b == -1:
-        out.append("  indicator b = -1: the update did not help its own pages more than random ones (r_own <= s_k), "
-                   "the mark of a copied, generic or stale update")
+        out.append(f"  indicator b = -1: the update did not help its own pages clearly more than random ones "
+                   f"(not {rule}), the mark of a copied, generic or stale update")
     if avg is not None:
         out.append(f"  moving average B = {avg:.4f} after this window (F is 0 while B <= 0)")
     return out

@@ -43,7 +43,7 @@ def test_copycat_is_told_whom_it_copied(root: Path) -> None:
     text = explain(root, COPYCAT, 6)
     assert f"copy: copied (the peer's fault): top-k overlap 0.82 with uid {HONEST}" in _section(text, "Verdicts")
     scores = _section(text, "Scores")
-    assert "indicator b = -1" in scores and "r_own <= s_k" in scores
+    assert "indicator b = -1" in scores and "not r_own > s_k" in scores
     assert f"largest top-k overlap 0.82 with uid {HONEST} (>= 0.60" in scores
     assert "this peer was judged the copier" in scores
     assert "barred until window 206" in _section(text, "Rating")
