@@ -11,8 +11,8 @@ from gauntlet.audit.store import AuditStore
 from gauntlet.chain import open_chain
 from gauntlet.config import GauntletConfig
 from gauntlet.ratings import ValidatorState
-from gauntlet.validator import (audit_tables, publish_gather, recorded_chain_result, restore_state,
-                                set_weights_stage)
+from gauntlet.validator import (NotReady, audit_tables, ensure_ready, publish_gather, recorded_chain_result,
+                                restore_state, set_weights_stage)
 from gauntlet.verdicts import Verdict
 from gauntlet.window.checks import FilterResult
 from gauntlet.window.context import cached_context
@@ -23,7 +23,12 @@ from gauntlet.window.plan import WindowPlan, plan_window
 from gauntlet.window.runner import (Computed, Timings, aggregate_stage, filter_stage, load_submissions,
                                     score_stage)
 
-CHAIN_RETRIES = dict(retries=3, retry_delay_seconds=[2, 10, 30])
+def _retry_unless_not_ready(task, task_run, state) -> bool:
+    """A window that has not closed yet will not close during a retry: fail at once."""
+    return not isinstance(state.result(raise_on_failure=False), NotReady)
+
+
+CHAIN_RETRIES = dict(retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=_retry_unless_not_ready)
 
 
 def _cfg(config_json: str) -> GauntletConfig:
@@ -38,7 +43,9 @@ def restore(config_json: str, window: int) -> ValidatorState:
 @task(task_run_name="clock-w{window}", cache_policy=NONE, **CHAIN_RETRIES)
 def clock(config_json: str, window: int) -> WindowPlan:
     cfg = _cfg(config_json)
-    return plan_window(open_chain(cfg.chain), cfg, window, cfg.validator.hotkey)
+    chain = open_chain(cfg.chain)
+    ensure_ready(chain, cfg, window)
+    return plan_window(chain, cfg, window, cfg.validator.hotkey)
 
 
 @task(task_run_name="fetch-w{window}", cache_policy=NONE)

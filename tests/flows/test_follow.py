@@ -27,3 +27,18 @@ def test_follow_catches_up_then_stops_and_never_repeats(tmp_path, prepared_data)
     run_network(net, 1, None)  # one more window closes
     assert follow_chain(network=str(net.folder), idle_timeout_s=0.0, poll_s=0.1) == [2]
     assert AuditStore(net.config.audit.root).windows() == [0, 1, 2]
+
+
+def test_a_window_not_closed_yet_fails_without_retries(tmp_path, prepared_data):
+    from prefect.states import Failed
+
+    from flows.validate import validate_window
+    from gauntlet.validator import NotReady
+    from tasks.window import _retry_unless_not_ready
+
+    net = make_network(tmp_path / "net", prepared_data, ["honest"] * 2)
+    state = validate_window(window=5, network=str(net.folder), return_state=True)
+    assert state.is_failed()
+    assert "can be validated from block" in str(state.result(raise_on_failure=False))
+    assert not _retry_unless_not_ready(None, None, Failed(data=NotReady("not yet")))
+    assert _retry_unless_not_ready(None, None, Failed(data=ConnectionError("node down")))
