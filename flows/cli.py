@@ -1,7 +1,7 @@
 """The installed `gauntlet` command: the core's commands plus the Prefect ones.
 
 `validate`, `follow` and `demo` run flows (Prefect's temporary local API unless PREFECT_API_URL
-points at a server); `serve` serves the deployments of deployments/serve.py.
+points at a server). The deployments are served by `python -m deployments.serve`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from collections.abc import Sequence
 
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-from deployments.serve import serve_all
 from gauntlet import cli as core_cli
 from flows.follow import follow_chain
 from flows.localnet import localnet
@@ -46,11 +45,6 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve(args: argparse.Namespace) -> int:
-    serve_all(config=args.config, network=args.network)
-    return 0
-
-
 def _source(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="a TOML config file")
     p.add_argument("--network", help="a local network folder (uses its config.toml)")
@@ -75,9 +69,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--network", default="data/localnet")
     p.add_argument("--resume", action="store_true", help="continue the existing network folder")
     p.set_defaults(func=_demo)
-    p = sub.add_parser("serve", help="serve the Prefect deployments (validator, schedule, replay, localnet)")
-    _source(p)
-    p.set_defaults(func=_serve)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
