@@ -23,18 +23,22 @@ def _quiet_flows():
     return temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
 
 
+def _overrides(args: argparse.Namespace) -> list[str]:
+    return [*(args.set or []), *([f"scoring.device={args.device}"] if args.device else [])]
+
+
 def _validate(args: argparse.Namespace) -> int:
-    flow = with_task_runner(resolve_config(args.config, args.network))
+    flow = with_task_runner(resolve_config(args.config, args.network, _overrides(args)))
     with _quiet_flows():
         out = flow(window=args.window, config=args.config, network=args.network,
-                   rerun=args.rerun, force_weights=args.force_weights)
+                   rerun=args.rerun, force_weights=args.force_weights, overrides=_overrides(args))
     print(out if out.get("skipped") else f"window {args.window} validated; aggregated {out['gather']}")
     return 0
 
 
 def _follow(args: argparse.Namespace) -> int:
     done = follow_chain(config=args.config, network=args.network, max_windows=args.max_windows,
-                        catch_up=args.catch_up, idle_timeout_s=args.idle_timeout)
+                        catch_up=args.catch_up, idle_timeout_s=args.idle_timeout, overrides=_overrides(args))
     print(f"validated windows {done}")
     return 0
 
@@ -48,6 +52,8 @@ def _demo(args: argparse.Namespace) -> int:
 def _source(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="a TOML config file")
     p.add_argument("--network", help="a local network folder (uses its config.toml)")
+    p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override a setting")
+    p.add_argument("--device", help="scoring device: auto, cpu, cuda, cuda:N (same as --set scoring.device=...)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -26,9 +26,10 @@ def next_window(store: AuditStore, ready: int, start_window: int, catch_up: int)
 
 @flow(name="follow-chain", log_prints=True)
 def follow_chain(config: str | None = None, network: str | None = None, poll_s: float = 6.0,
-                 max_windows: int | None = None, catch_up: int = 0, idle_timeout_s: float | None = None) -> list[int]:
+                 max_windows: int | None = None, catch_up: int = 0, idle_timeout_s: float | None = None,
+                 overrides: list[str] | None = None) -> list[int]:
     """Validate windows as the chain closes them; stop after `max_windows` or `idle_timeout_s`."""
-    cfg = resolve_config(config, network)
+    cfg = resolve_config(config, network, overrides)
     chain, store, log = open_chain(cfg.chain), AuditStore(cfg.audit.root), get_run_logger()
     done: list[int] = []
     idle_since = time.monotonic()
@@ -36,7 +37,7 @@ def follow_chain(config: str | None = None, network: str | None = None, poll_s: 
         ready = closed_window(chain.block(), cfg.chain)
         window = None if ready is None else next_window(store, ready, cfg.chain.start_window, catch_up)
         if window is not None and window <= ready:
-            with_task_runner(cfg)(window=window, config=config, network=network)
+            with_task_runner(cfg)(window=window, config=config, network=network, overrides=overrides)
             done.append(window)
             idle_since = time.monotonic()
             continue

@@ -56,10 +56,11 @@ def score_in_chunks(config_json: str, window: int, plan, records, chosen: list[i
 
 @flow(name="validate-window", flow_run_name="window-{window}", log_prints=True)
 def validate_window(window: int, config: str | None = None, network: str | None = None,
-                    rerun: bool = False, force_weights: bool = False) -> dict:
+                    rerun: bool = False, force_weights: bool = False, overrides: list[str] | None = None) -> dict:
     """Validate one closed training window; a window already in the audit tables is skipped
-    unless `rerun` (then its rows are replaced and weights are set again only if `force_weights`)."""
-    cfg = resolve_config(config, network)
+    unless `rerun` (then its rows are replaced and weights are set again only if `force_weights`).
+    `overrides` are `section.field=value` settings on top of the config (e.g. scoring.device=cuda)."""
+    cfg = resolve_config(config, network, overrides)
     if AuditStore(cfg.audit.root).has_window(window) and not rerun:
         get_run_logger().info("window %s is already validated; pass rerun=True to recompute it", window)
         return {"window": window, "skipped": True}
