@@ -7,6 +7,7 @@ points at a server). The deployments are served by `python -m deployments.serve`
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -78,6 +79,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # A validator often runs without internet: Prefect's temporary server should not phone home
+    # (an explicit PREFECT_SERVER_ANALYTICS_ENABLED wins).
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     return core_cli.main(argv, extra=[register])
 
 

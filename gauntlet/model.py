@@ -156,8 +156,7 @@ def token_loss_sum(model_or_callable: Callable[[Tensor], object], batch: Tensor)
         raise ValueError(f"batch must be (B, T) with T >= 2, got shape {tuple(batch.shape)}")
     out = model_or_callable(batch)
     logits = out if isinstance(out, Tensor) else out.logits  # (B, T, V)
-    pred = logits[:, :-1].reshape(-1, logits.shape[-1]).float()  # (B*(T-1), V)
-    target = batch[:, 1:].reshape(-1)  # (B*(T-1),)
-    loss = F.cross_entropy(pred, target, reduction="sum")
-    return loss, target.numel()
-
+    # Shift the labels, not the logits: slicing logits[:, :-1] would copy (B, T-1, V) floats.
+    labels = F.pad(batch[:, 1:], (0, 1), value=-100)  # (B, T); the last position predicts nothing
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum")
+    return loss, batch.shape[0] * (batch.shape[1] - 1)
