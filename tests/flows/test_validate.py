@@ -63,3 +63,13 @@ def test_rerun_is_idempotent(validated):
     for table, frame in before.items():
         assert store.read(table, window_id=window).equals(frame), table
     assert len(net.chain.weights_history(hotkey=net.config.validator.hotkey)) == chain_before
+
+
+def test_replay_flow_reproduces_a_flow_validated_window(validated):
+    from flows.replay import replay
+
+    net, done = validated
+    out = replay(root=net.config.audit.root, window=done[0])
+    assert out == {"identical": True, "windows": [done[0]]}
+    what_if = replay(root=net.config.audit.root, first=done[0], last=done[-1], overrides=["weights.power=1"])
+    assert what_if["windows"] == done
