@@ -36,6 +36,9 @@ class ValidatorContext:
     lock: threading.RLock = field(default_factory=threading.RLock)
     """Held by every stage that loads weights into or runs `model`: functional_call swaps the
     module's parameters while it runs, so two threads must not share the model at once."""
+    holds: int | None = None
+    """The window whose theta `model` holds now (stages reuse it instead of reloading: at the
+    paper's size a checkpoint is 4.8 GB)."""
 
     @property
     def archive(self) -> Path:
@@ -46,18 +49,24 @@ class ValidatorContext:
         return self.workdir / "checkpoints" / f"{window:08d}.safetensors"
 
     def load_theta(self, window: int) -> dict[str, torch.Tensor]:
-        """Load theta_W into the context's model (creating the initial state if none exists)."""
-        path = self.checkpoint_path(window)
-        if not path.exists():
-            if any(self.checkpoint_path(window).parent.glob("*.safetensors")):
-                raise FileNotFoundError(f"no checkpoint for window {window} at {path}")
-            save_checkpoint(initial_state(self.cfg, self.tokenizer), path)
-        self.model.load_state_dict(load_file(path), strict=True)
+        """theta_W in the context's model (creating the initial state if no checkpoint exists)."""
+        if self.holds != window:
+            path = self.checkpoint_path(window)
+            if not path.exists():
+                if any(path.parent.glob("*.safetensors")):
+                    raise FileNotFoundError(f"no checkpoint for window {window} at {path}")
+                save_checkpoint(initial_state(self.cfg, self.tokenizer), path)
+            self.holds = None  # a failed load must not leave a stale claim
+            self.model.load_state_dict(load_file(path), strict=True)
+            self.holds = window
         return {n: p.detach() for n, p in self.model.named_parameters()}
 
     def save_theta(self, window: int) -> str:
-        return save_checkpoint({n: p.detach() for n, p in self.model.named_parameters()},
-                               self.checkpoint_path(window))
+        """Save the model (stepped in place) as theta of `window`, which it now holds."""
+        digest = save_checkpoint({n: p.detach() for n, p in self.model.named_parameters()},
+                                 self.checkpoint_path(window))
+        self.holds = window
+        return digest
 
 
 def initial_state(cfg: GauntletConfig, tokenizer: object) -> dict[str, torch.Tensor]:

@@ -93,6 +93,7 @@ def aggregate_stage(ctx: ValidatorContext, plan: WindowPlan, subs: dict[int, Sub
     with ctx.lock:
         theta = ctx.load_theta(plan.window)
         before = state_hash(ctx.checkpoint_path(plan.window))
+        ctx.holds = None  # stepped in place below: no longer theta_W until saved as W + 1
         stepped = apply_aggregate(theta, subs, gather, ctx.codec, ctx.spec.shapes, plan.lr)
         after = ctx.save_theta(plan.window + 1)
     return gather, stepped, before, after

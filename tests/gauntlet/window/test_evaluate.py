@@ -28,3 +28,4 @@ def test_paper_policy_favours_peers_not_evaluated_for_long():
     peers = {u: PeerState(uid=u, mu=25, sigma=8, last_evaluated_window=99 if u else 0) for u in candidates}
     counts = Counter(u for seed in range(200) for u in select_for_evaluation(candidates, peers, 100, seed, PAPER))
     assert counts[0] == max(counts.values())  # 100 windows unseen beats 1 window unseen
+
