@@ -20,6 +20,7 @@ from gauntlet.window.evaluate import Evaluation
 from gauntlet.window.fetch import FetchRecord, fetch_window
 from gauntlet.window.outcome import Rated, rate_window
 from gauntlet.window.plan import WindowPlan, plan_window
+from gauntlet.window.step import aggregation_set
 from gauntlet.window.runner import (Computed, Timings, aggregate_stage, filter_stage, load_submissions,
                                     score_stage)
 
@@ -78,8 +79,7 @@ def ratings(config_json: str, window: int, state: ValidatorState, verdicts: dict
 def aggregate(config_json: str, window: int, plan: WindowPlan, records: list[FetchRecord],
               accepted: list[int], state: ValidatorState) -> tuple[list[int], bool, str, str]:
     ctx = cached_context(config_json)
-    gather_set = state.gather_for(window)
-    uids = accepted if gather_set is None else sorted(set(accepted) & set(gather_set))
+    uids = aggregation_set(accepted, state.gather_for(window))  # only these files are needed
     return aggregate_stage(ctx, plan, load_submissions(ctx, plan, records, uids), accepted, state)
 
 
