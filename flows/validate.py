@@ -13,6 +13,7 @@ from prefect_dask import DaskTaskRunner
 
 from gauntlet.audit.store import AuditStore
 from gauntlet.config import GauntletConfig, load_config
+from gauntlet.validator import with_identity
 from gauntlet.window.evaluate import Evaluation
 from gauntlet.window.runner import Computed
 from tasks import report, window as t
@@ -33,9 +34,10 @@ class StageClock:
 
 
 def resolve_config(config: str | None, network: str | None, overrides: list[str] | None = None) -> GauntletConfig:
-    """A network folder's own config.toml, else a TOML file, else the default preset."""
+    """A network folder's own config.toml, else a TOML file, else the default preset; on a
+    bittensor chain the validator's hotkey comes from its wallet."""
     path = Path(network) / "config.toml" if network else (Path(config) if config else None)
-    return load_config(path, overrides=overrides or ())
+    return with_identity(load_config(path, overrides=overrides or ()))
 
 
 def score_in_chunks(config_json: str, window: int, plan, records, chosen: list[int], chunk: int,

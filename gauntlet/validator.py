@@ -14,7 +14,8 @@ import polars as pl
 from gauntlet.audit.store import AuditStore
 from gauntlet.chain import Chain, ChainError
 from gauntlet.clock import first_block
-from gauntlet.config import GauntletConfig
+from gauntlet.chain.bittensor import wallet_hotkey
+from gauntlet.config import ConfigError, GauntletConfig, with_overrides
 from gauntlet.ratings import PeerState, ValidatorState
 from gauntlet.storage import Bucket, BucketSpec
 from gauntlet.weights import due_on_chain
@@ -42,6 +43,22 @@ def restore_state(store: AuditStore, before_window: int | None = None) -> Valida
     row = store.read("windows", window_id=last).row(0, named=True)
     schedule = tuple((int(e), tuple(int(u) for u in uids)) for e, uids in json.loads(row["gather_schedule_json"]))
     return ValidatorState(last_window=last, peers=peers, gather_schedule=schedule)
+
+
+def with_identity(cfg: GauntletConfig) -> GauntletConfig:
+    """On a bittensor chain the wallet, not the config, says who the validator is.
+
+    The hotkey's ss58 address is read from the wallet files (offline) into `validator.hotkey`, so
+    every stage excludes the right uid, signs with it and records it.
+    """
+    if cfg.chain.network == "local":
+        return cfg
+    try:
+        hotkey = wallet_hotkey(cfg.chain)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"the validator's wallet hotkey is missing ({exc}); create it with btcli or set "
+                          "chain.wallet_name, chain.wallet_hotkey and chain.wallet_path") from exc
+    return with_overrides(cfg, {"validator": {"hotkey": hotkey}})
 
 
 def ensure_ready(chain: Chain, cfg: GauntletConfig, window: int) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import bittensor as bt
 from bittensor.error_map import ErrorCode
 
+from gauntlet.config import ChainConfig
 from gauntlet.chain.base import (
     ChainError,
     ChainErrorReason,
@@ -57,10 +58,7 @@ class BittensorChain:
     @property
     def hotkey(self) -> str:
         """The signing hotkey's ss58 address (from the public key file when there is one)."""
-        try:
-            return self.wallet.hotkeypub.ss58_address
-        except FileNotFoundError:
-            return self.wallet.hotkey.ss58_address
+        return wallet_ss58(self.wallet)
 
     @contextmanager
     def _sdk(self, what: str, write: bool = False) -> Iterator[None]:
@@ -141,3 +139,16 @@ class BittensorChain:
             result.raise_for_failure()
             block = int(result.extrinsic_id.split("-")[0]) if result.extrinsic_id else int(self._client.block)
         return WeightsResult(True, result.message, block, tuple(uids), tuple(weights), int(version_key))
+
+
+def wallet_ss58(wallet: bt.Wallet) -> str:
+    """A wallet's hotkey address, read offline (the public key file when there is one)."""
+    try:
+        return wallet.hotkeypub.ss58_address
+    except FileNotFoundError:
+        return wallet.hotkey.ss58_address
+
+
+def wallet_hotkey(cfg: ChainConfig) -> str:
+    """The ss58 address of the hotkey the config's wallet signs with; no network access."""
+    return wallet_ss58(bt.Wallet(cfg.wallet_name, cfg.wallet_hotkey, path=os.path.expanduser(cfg.wallet_path)))

@@ -153,3 +153,18 @@ def test_open_chain_builds_the_sdk_adapter(tmp_path: Path, fake: FakeSubstrate) 
     chain = open_chain(cfg, substrate=fake)
     assert isinstance(chain, BittensorChain) and chain.block() == 1000
     chain.close()
+
+
+def test_the_validators_hotkey_comes_from_its_wallet(tmp_path: Path) -> None:
+    from gauntlet.config import ConfigError, load_config
+    from gauntlet.validator import with_identity
+
+    make_wallet(tmp_path, ALICE)
+    cfg = load_config(overrides=["chain.network=finney", f"chain.wallet_path={tmp_path}",
+                                 "chain.wallet_name=validator", "validator.hotkey=placeholder"])
+    assert with_identity(cfg).validator.hotkey == ALICE.ss58_address
+    local = load_config(overrides=["validator.hotkey=me"])
+    assert with_identity(local) is local  # the local ledger keeps the configured name
+    missing = load_config(overrides=["chain.network=finney", f"chain.wallet_path={tmp_path / 'none'}"])
+    with pytest.raises(ConfigError, match="wallet hotkey is missing"):
+        with_identity(missing)
