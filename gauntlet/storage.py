@@ -250,6 +250,10 @@ class Bucket:
 
     def get(self, key: str, max_bytes: int, timeout_s: float) -> bytes:
         """The object's bytes; refused by size before any byte is read; `timeout_s` bounds it all."""
+        return self.read(key, max_bytes, timeout_s)[1]
+
+    def read(self, key: str, max_bytes: int, timeout_s: float) -> tuple[ObjectInfo, bytes]:
+        """Like `get`, with the object's info (the store's LastModified) from the same stat."""
         if max_bytes < 0 or timeout_s <= 0:
             raise ValueError(f"max_bytes must be >= 0 and timeout_s > 0; got {max_bytes}, {timeout_s}")
         deadline = time.monotonic() + timeout_s
@@ -263,7 +267,7 @@ class Bucket:
             data = self._call(deadline - time.monotonic(), "cat_file", self._path(key), start=0, end=max_bytes + 1)
         if len(data) > max_bytes:
             raise ObjectTooLarge(f"{where}: grew past cap {max_bytes} while read", len(data), max_bytes)
-        return data
+        return info, data
 
     def put(self, key: str, data: bytes, timeout_s: float = 300.0) -> None:
         """Atomic: readers see the old object or the new one, never a part (S3: one PUT, or a

@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from gauntlet.config import GauntletConfig
-from gauntlet.storage import Bucket, BucketSpec, ObjectTooLarge, StorageError, StorageUnavailable, gradient_key
+from gauntlet.storage import (Bucket, BucketSpec, ObjectMissing, ObjectTooLarge, StorageError, StorageUnavailable,
+                              gradient_key)
 from gauntlet.verdicts import Reason
 from gauntlet.window.plan import WindowPlan
 
@@ -61,11 +62,10 @@ def fetch_one(plan: WindowPlan, uid: int, archive: Path, cfg: GauntletConfig) ->
     try:
         local_ok = cfg.chain.network == "local"  # a real peer must not point us at our own disk
         bucket = Bucket.from_spec(BucketSpec.from_commitment(commitment), allow_local=local_ok)
-        info = bucket.stat(key)
-        if info is None:
-            return FetchRecord(uid, key, error=Reason.MISSING, detail=f"no file at {key}")
-        max_bytes = int(cfg.filter.max_file_mb * 2**20)
-        data = bucket.get(key, max_bytes=max_bytes, timeout_s=cfg.filter.fetch_timeout_s)
+        info, data = bucket.read(key, max_bytes=int(cfg.filter.max_file_mb * 2**20),
+                                 timeout_s=cfg.filter.fetch_timeout_s)
+    except ObjectMissing:
+        return FetchRecord(uid, key, error=Reason.MISSING, detail=f"no file at {key}")
     except ObjectTooLarge as exc:
         return FetchRecord(uid, key, error=Reason.MALFORMED, detail=f"file too large: {exc}")
     except StorageUnavailable as exc:

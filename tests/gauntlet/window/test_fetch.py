@@ -30,7 +30,8 @@ def test_fetch_reads_committed_s3_buckets_into_the_archive(s3_server, tmp_path):
 
     ok = records[1]
     assert ok.error is None and ok.size == 10 and ok.content_hash == hashlib.sha256(b"small file").hexdigest()
-    assert Path(ok.path).read_bytes() == b"small file" and ok.last_modified is not None
+    assert Path(ok.path).read_bytes() == b"small file"
+    assert ok.last_modified == Bucket.from_spec(specs[1]).stat(gradient_key(3, 1)).last_modified.timestamp()
     assert records[2].error == Reason.MALFORMED and "too large" in records[2].detail
     assert records[3].error == Reason.MISSING and "no file" in records[3].detail
     assert records[4].error == Reason.MISSING and "no bucket committed" in records[4].detail
