@@ -53,7 +53,8 @@ def schedule_gather(state: ValidatorState, window: int, gather: tuple[int, ...],
     if (window - chain.start_window) % cfg.refresh_every != 0:
         return state
     effective = window + chain.validator_offset + cfg.effective_after
-    kept = tuple(entry for entry in state.gather_schedule if entry[0] < effective)
-    # Entries that can never be chosen again (an entry newer and still <= window) are dropped.
-    live = [e for e in kept if not any(o[0] > e[0] and o[0] <= window for o in kept)]
-    return replace(state, gather_schedule=(*live, (effective, gather)))
+    kept = [entry for entry in state.gather_schedule if entry[0] < effective]
+    # Later windows can only use the entry in force now or ones not yet in force.
+    in_force = [e for e in kept if e[0] <= window][-1:]
+    pending = [e for e in kept if e[0] > window]
+    return replace(state, gather_schedule=(*in_force, *pending, (effective, gather)))
