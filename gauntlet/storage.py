@@ -277,7 +277,7 @@ class Bucket:
             if self._is_s3:
                 self._call(timeout_s, "pipe_file", path, bytes(data))
             else:
-                _LOCAL_IO.submit(_atomic_write, Path(path), bytes(data)).result(timeout=timeout_s)
+                _LOCAL_IO.submit(atomic_write, Path(path), bytes(data)).result(timeout=timeout_s)
 
     def delete(self, key: str, timeout_s: float = 30.0) -> None:
         """Idempotent: deleting an absent object is not an error."""
@@ -288,8 +288,9 @@ class Bucket:
             return
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Temp name that never ends in the final suffix (globs and listings skip it), fsync, rename."""
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write a local file so readers see the old one or the new one, never a part: a temp name
+    that never ends in the final suffix (globs and listings skip it), fsync, rename, fsync the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
     try:

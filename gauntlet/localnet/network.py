@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
@@ -34,7 +33,7 @@ from typing import Any
 from gauntlet.chain import LocalChain
 from gauntlet.config import DataConfig, GauntletConfig, load_config, parse_overrides
 from gauntlet.localnet.behaviours import BEHAVIOURS
-from gauntlet.storage import Bucket, BucketSpec
+from gauntlet.storage import Bucket, BucketSpec, atomic_write
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO_ROOT / "deployments" / "local.toml"
@@ -190,9 +189,7 @@ def _ensure_data(corpus: Path, tokenizer: Path) -> None:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, (json.dumps(data, indent=2) + "\n").encode())
 
 
 def init_network(folder: Path = DEFAULT_FOLDER, peers: int | None = None, behaviours: Sequence[str] | None = None,

@@ -10,14 +10,13 @@ the infrastructure and nobody is penalised (ours).
 from __future__ import annotations
 
 import hashlib
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from gauntlet.config import GauntletConfig
 from gauntlet.storage import (Bucket, BucketSpec, ObjectMissing, ObjectTooLarge, StorageError, StorageUnavailable,
-                              gradient_key)
+                              atomic_write, gradient_key)
 from gauntlet.verdicts import Reason
 from gauntlet.window.plan import WindowPlan
 
@@ -44,16 +43,6 @@ def archive_path(archive: Path, window: int, uid: int) -> Path:
     return archive / f"{window:08d}" / f"{uid}.safetensors"
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def fetch_one(plan: WindowPlan, uid: int, archive: Path, cfg: GauntletConfig) -> FetchRecord:
     key = gradient_key(plan.window, uid)
     commitment = plan.commitments.get(uid)
@@ -73,7 +62,7 @@ def fetch_one(plan: WindowPlan, uid: int, archive: Path, cfg: GauntletConfig) ->
     except (StorageError, ValueError) as exc:
         return FetchRecord(uid, key, error=Reason.MISSING, detail=f"bucket unusable: {exc}")
     path = archive_path(archive, plan.window, uid)
-    _write_atomic(path, data)
+    atomic_write(path, data)
     return FetchRecord(uid, key, size=len(data), last_modified=info.last_modified.timestamp(),
                        content_hash=hashlib.sha256(data).hexdigest(), path=str(path))
 

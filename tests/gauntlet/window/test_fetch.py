@@ -37,7 +37,8 @@ def test_fetch_reads_committed_s3_buckets_into_the_archive(s3_server, tmp_path):
     assert records[4].error == Reason.MISSING and "no bucket committed" in records[4].detail
     assert records[5].error == Reason.MISSING and "local" in records[5].detail
     assert records[6].error == Reason.MISSING and "unusable" in records[6].detail
-    assert not list((tmp_path / "archive").rglob("*.partial"))
+    archived = [p.relative_to(tmp_path / "archive").as_posix() for p in (tmp_path / "archive").rglob("*") if p.is_file()]
+    assert archived == ["00000003/1.safetensors"]  # the one file fetched, no temporary left
 
 
 def test_an_unreachable_bucket_is_the_peers_fault_unless_most_are_down():
