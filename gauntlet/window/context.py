@@ -91,7 +91,7 @@ def save_checkpoint(state: dict[str, torch.Tensor], path: Path) -> str:
 
 def model_spec(cfg: GauntletConfig, model: torch.nn.Module, vocab_size: int) -> ModelSpec:
     fp = model_fingerprint(cfg.model.size, vocab_size, cfg.model.init_seed, cfg.codec.chunk, cfg.codec.topk)
-    return ModelSpec(shapes=param_shapes(model), fingerprint=fp, chunk=cfg.codec.chunk, topk=cfg.codec.topk)
+    return ModelSpec.build(param_shapes(model), fp, cfg.codec)
 
 
 def build_context(cfg: GauntletConfig, workdir: str | Path) -> ValidatorContext:
