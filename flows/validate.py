@@ -44,12 +44,15 @@ def score_in_chunks(config_json: str, window: int, plan, records, chosen: list[i
                     gpu: bool = False) -> Evaluation:
     """Fan scoring out over coarse chunks of peers (one task per chunk, not per peer).
 
-    Chunks go to the flow's task runner: threads on one machine, Dask workers when the flow runs
+    With several chunks, L_rand_before is computed once and handed to each. Chunks go to the
+    flow's task runner: threads on one machine, Dask workers when the flow runs
     with a DaskTaskRunner (`with_task_runner`); `gpu` routes them to workers with a GPU resource.
     """
     chunks = [chosen[i:i + chunk] for i in range(0, len(chosen), chunk)] or [[]]
+    rand_before = t.baseline(config_json, window, plan) if len(chunks) > 1 else None  # L_rand_before once
     with dask.annotate(resources={"GPU": 1}) if gpu else nullcontext():
-        futures = [t.score.submit(config_json, window, plan, records, uids, f"peers-{uids[0] if uids else 0}-{len(uids)}")
+        futures = [t.score.submit(config_json, window, plan, records, uids,
+                                  f"peers-{uids[0] if uids else 0}-{len(uids)}", rand_before)
                    for uids in chunks]
     parts = [f.result() for f in futures]
     return Evaluation({u: l for p in parts for u, l in p.losses.items()},

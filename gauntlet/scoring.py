@@ -92,15 +92,19 @@ class LossEvaluator:
 
 def score_peers(evaluator: LossEvaluator, deltas: Mapping[int, Mapping[str, Tensor]],
                 own_batches: Mapping[int, Batches], rand_batches: Mapping[int, Batches] | Batches,
-                eta: float) -> dict[int, PeerLosses]:
+                eta: float, rand_before: float | None = None) -> dict[int, PeerLosses]:
     """Losses before and after each peer's step; `rand_batches` shared or one set per peer.
 
     `deltas` may be a lazy mapping (decoded on access) so that only one peer's dense delta is
-    alive at a time.
+    alive at a time. With shared batches, `rand_before` (computed once for the window, when the
+    peers are scored in several chunks) saves recomputing L_rand_before here.
     """
     shared = not isinstance(rand_batches, Mapping)
     theta = evaluator.theta
-    rand_before_shared = evaluator.mean_loss(theta, rand_batches) if shared else None  # once a window
+    rand_before_shared = None
+    if shared:  # once a window
+        rand_before_shared = (evaluator.mean_loss(theta, rand_batches) if rand_before is None else
+                              torch.tensor(rand_before, dtype=torch.float64, device=evaluator.device))
     rows: list[Tensor] = []
     uids = sorted(deltas)
     for uid in uids:

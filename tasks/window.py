@@ -21,8 +21,8 @@ from gauntlet.window.fetch import FetchRecord, fetch_window
 from gauntlet.window.outcome import Rated, rate_window
 from gauntlet.window.plan import WindowPlan, plan_window
 from gauntlet.window.step import aggregation_set
-from gauntlet.window.runner import (Computed, Timings, aggregate_stage, filter_stage, load_submissions,
-                                    score_stage)
+from gauntlet.window.runner import (Computed, Timings, aggregate_stage, baseline_stage, filter_stage,
+                                    load_submissions, score_stage)
 
 def _retry_unless_not_ready(task, task_run, state) -> bool:
     """A window that has not closed yet will not close during a retry: fail at once."""
@@ -62,11 +62,17 @@ def filter_peers(config_json: str, window: int, plan: WindowPlan, records: list[
     return replace(filtered, submissions={}), verdicts, chosen  # tensors stay out of Prefect
 
 
+@task(task_run_name="baseline-w{window}", cache_policy=NONE)
+def baseline(config_json: str, window: int, plan: WindowPlan) -> float | None:
+    """L_rand_before, once for the window (the score chunks share it)."""
+    return baseline_stage(cached_context(config_json), plan)
+
+
 @task(task_run_name="score-w{window}-{label}", cache_policy=NONE)
 def score(config_json: str, window: int, plan: WindowPlan, records: list[FetchRecord], uids: list[int],
-          label: str) -> Evaluation:
+          label: str, rand_before: float | None) -> Evaluation:
     ctx = cached_context(config_json)
-    return score_stage(ctx, plan, load_submissions(ctx, plan, records, uids))
+    return score_stage(ctx, plan, load_submissions(ctx, plan, records, uids), rand_before)
 
 
 @task(task_run_name="ratings-w{window}", cache_policy=NONE)

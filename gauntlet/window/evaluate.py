@@ -72,18 +72,34 @@ def _sampled(ctx: ValidatorContext, pages: list[int], seed: int) -> list[Tensor]
     return sample_batches(batches, ctx.cfg.scoring.sample_rate, seed)
 
 
-def score_submissions(ctx: ValidatorContext, plan: WindowPlan, subs: Mapping[int, Submission]) -> dict[int, PeerLosses]:
+def _random_batches(ctx: ValidatorContext, plan: WindowPlan) -> list[Tensor]:
+    """The window's shared random batches (`shared_random_batches`, ours)."""
+    n_pages = ctx.corpus.n_pages(ctx.cfg.data.rows_per_page)
+    return _sampled(ctx, random_pages(plan.seed, ctx.cfg.scoring.random_pages, n_pages), plan.seed)
+
+
+def random_baseline(ctx: ValidatorContext, plan: WindowPlan) -> float | None:
+    """L_rand_before of the window (None when every peer has its own random batches)."""
+    if not ctx.cfg.scoring.shared_random_batches:
+        return None
+    evaluator = LossEvaluator(ctx.model, ctx.device)
+    return evaluator.mean_loss(evaluator.theta, _random_batches(ctx, plan)).item()
+
+
+def score_submissions(ctx: ValidatorContext, plan: WindowPlan, subs: Mapping[int, Submission],
+                      rand_before: float | None = None) -> dict[int, PeerLosses]:
     """Losses of each peer's step on its own pages and on the window's random pages."""
     cfg = ctx.cfg
     n_pages = ctx.corpus.n_pages(cfg.data.rows_per_page)
     own = {u: _sampled(ctx, own_pages(u, plan.window, ctx.corpus, cfg), plan.seed + u) for u in subs}
     if cfg.scoring.shared_random_batches:
-        rand = _sampled(ctx, random_pages(plan.seed, cfg.scoring.random_pages, n_pages), plan.seed)
+        rand = _random_batches(ctx, plan)
     else:
         rand = {u: _sampled(ctx, random_pages(plan.seed + u, cfg.scoring.random_pages, n_pages), plan.seed + u)
                 for u in subs}
     evaluator = LossEvaluator(ctx.model, ctx.device)
-    return score_peers(evaluator, _LazyDeltas(ctx, subs), own, rand, cfg.scoring.eval_lr_factor * plan.lr)
+    return score_peers(evaluator, _LazyDeltas(ctx, subs), own, rand, cfg.scoring.eval_lr_factor * plan.lr,
+                       rand_before)
 
 
 @dataclass(frozen=True)
@@ -92,8 +108,9 @@ class Evaluation:
     scores: dict[int, PeerScore]
 
 
-def evaluate(ctx: ValidatorContext, plan: WindowPlan, subs: Mapping[int, Submission]) -> Evaluation:
-    losses = score_submissions(ctx, plan, subs)
+def evaluate(ctx: ValidatorContext, plan: WindowPlan, subs: Mapping[int, Submission],
+             rand_before: float | None = None) -> Evaluation:
+    losses = score_submissions(ctx, plan, subs, rand_before)
     scores = {u: PeerScore(l.gradient_score, l.own_improvement,
                                 indicator(l.own_improvement, l.gradient_score, ctx.cfg.uniqueness.own_margin))
               for u, l in losses.items()}

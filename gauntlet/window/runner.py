@@ -18,7 +18,7 @@ from gauntlet.submission import Submission, parse_submission
 from gauntlet.verdicts import Verdict
 from gauntlet.window.checks import FilterResult, check_window
 from gauntlet.window.context import ValidatorContext, state_hash
-from gauntlet.window.evaluate import Evaluation, apply_bans, evaluate, select_for_evaluation
+from gauntlet.window.evaluate import Evaluation, apply_bans, evaluate, random_baseline, select_for_evaluation
 from gauntlet.window.fetch import FetchRecord, fetch_window
 from gauntlet.window.outcome import Rated, rate_window
 from gauntlet.window.plan import WindowPlan, plan_window
@@ -80,10 +80,18 @@ def filter_stage(ctx: ValidatorContext, plan: WindowPlan, records: list[FetchRec
     return filtered, verdicts, chosen
 
 
-def score_stage(ctx: ValidatorContext, plan: WindowPlan, subs: dict[int, Submission]) -> Evaluation:
+def baseline_stage(ctx: ValidatorContext, plan: WindowPlan) -> float | None:
+    """L_rand_before once for the window, when scoring is split into several chunks."""
     with ctx.lock:
         ctx.load_theta(plan.window)
-        return evaluate(ctx, plan, subs)
+        return random_baseline(ctx, plan)
+
+
+def score_stage(ctx: ValidatorContext, plan: WindowPlan, subs: dict[int, Submission],
+                rand_before: float | None = None) -> Evaluation:
+    with ctx.lock:
+        ctx.load_theta(plan.window)
+        return evaluate(ctx, plan, subs, rand_before)
 
 
 def aggregate_stage(ctx: ValidatorContext, plan: WindowPlan, subs: dict[int, Submission], accepted: list[int],

@@ -72,3 +72,13 @@ def test_dask_scores_exactly_as_the_thread_pool(network, cluster):
     pids = client.run(os.getpid)  # worker address -> pid
     used = {pids[task["worker"]] for task in chunks}
     assert len(used) == 2 and os.getpid() not in used, (used, pids)
+
+
+def test_chunked_scores_replay_identically_on_the_direct_path(network, cluster):
+    """The chunks share one L_rand_before; the direct path (one chunk) computes its own: same values."""
+    from gauntlet.replay import replay_window
+
+    store = AuditStore(network.config.audit.root)
+    assert store.has_window(0)  # validated in chunks by the test above
+    report, _ = replay_window(store, 0)
+    assert report.identical, report.differences

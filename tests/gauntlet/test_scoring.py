@@ -86,3 +86,15 @@ def test_missing_parameter_in_delta_is_refused():
     delta.pop(next(iter(delta)))
     with pytest.raises(ValueError, match="lacks parameters"):
         LossEvaluator(model).perturbed(delta, 0.1)
+
+
+def test_a_precomputed_random_baseline_gives_identical_losses():
+    """Score chunks share L_rand_before computed once: the float round-trips exactly."""
+    model = build_model("tiny", VOCAB, seed=3)
+    deltas = _deltas(model, 2)
+    own = {uid: _batches(100 + uid) for uid in deltas}
+    rand = _batches(5)
+    evaluator = LossEvaluator(model)
+    baseline = evaluator.mean_loss(evaluator.theta, rand).item()
+    assert score_peers(evaluator, deltas, own, rand, 0.01, rand_before=baseline) == \
+        score_peers(LossEvaluator(model), deltas, own, rand, 0.01)
