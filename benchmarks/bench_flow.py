@@ -3,7 +3,7 @@
 A local network of 12 peers (8 honest; copycat, late, malformed, free_rider) on the `tiny` model
 mines 3 windows in `benchmarks/.work/flow-net/`; the validator checks window 0 (its checkpoint
 for window 1), then window 1 is validated again and again by three arms in turn, so a shared
-machine's load drift hits all alike: `direct` (`restore_state` + `gauntlet.validator.
+machine's load drift hits all alike: `direct` (`gauntlet.window.pipeline.
 validate_window` after deleting the window's audit rows), `direct_thread` (the same call in a
 worker thread, where the flow runs its scoring task: see `_compare`) and `flow` (the
 `validate-window` flow with `rerun=True`). Both paths must write the same verdicts, scores and
@@ -45,8 +45,7 @@ from flows.validate import validate_window as validate_flow  # noqa: E402
 from gauntlet.audit.store import AuditStore  # noqa: E402
 from gauntlet.localnet.network import Network, init_network  # noqa: E402
 from gauntlet.localnet.simulate import run_network  # noqa: E402
-from gauntlet.validator import restore_state, validate_window  # noqa: E402
-from gauntlet.window.context import ValidatorContext, build_context  # noqa: E402
+from gauntlet.window.pipeline import Direct, validate_window  # noqa: E402
 
 RESULTS = HERE / "results" / "flow.json"
 ROSTER = ["honest"] * 8 + ["copycat", "late", "malformed", "free_rider"]
@@ -87,13 +86,12 @@ def _tables(store: AuditStore, window: int) -> dict[str, object]:
     return {t: store.read(t, window_id=window) for t in COMPARED}
 
 
-def _direct(ctx: ValidatorContext, net: Network, store: AuditStore, window: int) -> float:
-    """The core by direct calls, the state restored from the tables as the flow does."""
+def _direct(net: Network, store: AuditStore, window: int) -> float:
+    """The pipeline by direct calls, the state restored from the tables as the flow does."""
     store.delete_window(window)
 
     def run() -> None:
-        state = restore_state(store, before_window=window)
-        validate_window(ctx, net.chain, store, window, net.config.validator.hotkey, state)
+        validate_window(Direct(), net.config, window)
 
     return _timed(run)[0]
 
@@ -149,7 +147,7 @@ def _setup() -> tuple[Network, dict[str, float]]:
     return net, seconds
 
 
-def _compare(net: Network, ctx: ValidatorContext, store: AuditStore, repeats: int) -> dict:
+def _compare(net: Network, store: AuditStore, repeats: int) -> dict:
     """Three arms in turn on one window; the first run of each (context, API server) is reported apart.
 
     `direct_thread` runs the same direct call in a worker thread, as the flow runs its scoring
@@ -159,8 +157,8 @@ def _compare(net: Network, ctx: ValidatorContext, store: AuditStore, repeats: in
     """
     pool = ThreadPoolExecutor(1)
     arms: dict[str, Callable[[], float]] = {
-        "direct": lambda: _direct(ctx, net, store, WINDOW),
-        "direct_thread": lambda: pool.submit(_direct, ctx, net, store, WINDOW).result(),
+        "direct": lambda: _direct(net, store, WINDOW),
+        "direct_thread": lambda: pool.submit(_direct, net, store, WINDOW).result(),
         "flow": lambda: _flowed(net, WINDOW)[0],
     }
     first = {"direct": arms["direct"]()}
@@ -185,7 +183,7 @@ def _compare(net: Network, ctx: ValidatorContext, store: AuditStore, repeats: in
         "flow_over_direct": med["flow"] / med["direct"],
         "flow_over_direct_thread": med["flow"] / med["direct_thread"],
         "flow_minus_direct_thread_s": statistics.median(b - a for a, b in zip(runs["direct_thread"], runs["flow"])),
-        "outside_score_s": {a: statistics.median(r - s["score"] for r, s in zip(runs[a], stages[a])) for a in arms},
+        "outside_score_s": {a: statistics.median(r - s["evaluate"] for r, s in zip(runs[a], stages[a])) for a in arms},
         "runs_s": runs, "stages_median_s": {a: _median_stages(s) for a, s in stages.items()},
     }
 
@@ -195,12 +193,10 @@ def main(repeats: int = 4, trivial_repeats: int = 10) -> dict:
     load_before = os.getloadavg()
     net, setup = _setup()
     cfg = net.config
-    ctx = build_context(cfg, cfg.validator.workdir)
     store = AuditStore(cfg.audit.root)
-    setup["validate_window_0"], _ = _timed(
-        lambda: validate_window(ctx, net.chain, store, 0, cfg.validator.hotkey, restore_state(store)))
+    setup["validate_window_0"], _ = _timed(lambda: validate_window(Direct(), cfg, 0))
     with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        window = _compare(net, ctx, store, repeats)
+        window = _compare(net, store, repeats)
         trivial = _trivial(trivial_repeats)
     predicted = (trivial["empty_flow_ms"] + window["flow_task_runs"] * trivial["per_task_ms"]) / 1e3
     result = {

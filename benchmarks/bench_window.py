@@ -7,7 +7,7 @@
 2. The local network's miner phase for 12 and 21 peers (the default behaviour mix, the local
    network's own settings, put window included), per part of `run_miners`: median over MINED
    windows.
-3. The direct validator (`gauntlet.validator.validate_window`, in the main thread as
+3. The direct validator (`gauntlet.window.pipeline.validate_window`, in the main thread as
    `gauntlet localnet run --validate` calls it) on the ready windows of each network: per-stage
    timings and the scoring throughput (peers scored per second).
 4. The scorer (`score_submissions`: one scratch copy of the weights, run functionally,
@@ -48,11 +48,13 @@ from gauntlet.schedule import lr_at
 from gauntlet.scoring import LossEvaluator
 from gauntlet.storage import Bucket, BucketSpec, gradient_key
 from gauntlet.submission import Submission, parse_submission, write_submission
-from gauntlet.validator import restore_state, validate_window
-from gauntlet.window.context import ValidatorContext, build_context, model_spec
-from gauntlet.window.evaluate import score_submissions
+from gauntlet.state import restore_state
+from gauntlet.window import fetch, filter as filter_, plan as plan_
+from gauntlet.window.context import ModelContext, context_for, corpus_for, model_spec
+from gauntlet.window.evaluate import run as evaluate_peers
+from gauntlet.window.load import load_submission
+from gauntlet.window.pipeline import Direct, validate_window
 from gauntlet.window.plan import WindowPlan
-from gauntlet.window.runner import fetch_stage, filter_stage
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / ".work"
@@ -129,33 +131,33 @@ def _network(peers: int) -> tuple[Network, dict]:
                  "windows_s": [r.seconds for r in reports], "median_s": _medians([r.seconds for r in reports])}
 
 
-def _validator(net: Network) -> tuple[ValidatorContext, dict]:
+def _validator(net: Network) -> tuple[ModelContext, dict]:
     """Every ready window in order (each window's checkpoint comes from the one before)."""
     cfg = net.config
-    ctx = build_context(cfg, cfg.validator.workdir)
     store = AuditStore(cfg.audit.root)
     state = restore_state(store)
     windows = []
     for window in range(MINED - cfg.chain.validator_offset + 1):
-        total, state = _timed(lambda: validate_window(ctx, net.chain, store, window, cfg.validator.hotkey, state))
+        total, result = _timed(lambda: validate_window(Direct(), cfg, window, state=state))
+        state = result.rated.state
         row = store.read("windows", window_id=window).row(0, named=True)
         scored = store.read("scores", window_id=window)["gradient_score"].drop_nulls().len()
         stages = json.loads(row["timings_json"])
         windows.append({"window": window, "total": total, "evaluated_peers": scored, **stages,
-                        "peers_scored_per_s": scored / stages["score"]})
+                        "peers_scored_per_s": scored / stages["evaluate"]})
     keys = [k for k in windows[0] if k != "window"]
-    return ctx, {"windows": windows, "median": {k: statistics.median(w[k] for w in windows) for k in keys}}
+    return context_for(cfg), {"windows": windows, "median": {k: statistics.median(w[k] for w in windows) for k in keys}}
 
 
-def _batches(ctx: ValidatorContext, plan: WindowPlan, uids: list[int]) -> tuple[dict[int, list[Tensor]], list[Tensor]]:
+def _batches(cfg, ctx: ModelContext, plan: WindowPlan, uids: list[int]) -> tuple[dict[int, list[Tensor]], list[Tensor]]:
     """The scorer's own and random batches, rebuilt from the public data functions."""
-    cfg = ctx.cfg
+    corpus = corpus_for(cfg)
 
     def sampled(pages: list[int], seed: int) -> list[Tensor]:
-        return sample_batches(page_batches(ctx.corpus, ctx.tokenizer, pages, cfg.data), cfg.scoring.sample_rate, seed)
+        return sample_batches(page_batches(corpus, ctx.tokenizer, pages, cfg.data), cfg.scoring.sample_rate, seed)
 
-    own = {u: sampled(own_pages(u, plan.window, ctx.corpus, cfg), plan.seed + u) for u in uids}
-    n_pages = ctx.corpus.n_pages(cfg.data.rows_per_page)
+    own = {u: sampled(own_pages(u, plan.window, corpus, cfg), plan.seed + u) for u in uids}
+    n_pages = corpus.n_pages(cfg.data.rows_per_page)
     return own, sampled(random_pages(plan.seed, cfg.scoring.random_pages, n_pages), plan.seed)
 
 
@@ -169,10 +171,10 @@ def _mean_loss(model: torch.nn.Module, batches: list[Tensor]) -> float:
     return total / tokens
 
 
-def _naive(ctx: ValidatorContext, plan: WindowPlan, subs: Mapping[int, Submission]) -> dict[int, tuple]:
+def _naive(cfg, ctx: ModelContext, plan: WindowPlan, subs: Mapping[int, Submission]) -> dict[int, tuple]:
     """Per peer: decode, deep-copy the model, step the copy, evaluate before and after."""
-    eta = ctx.cfg.scoring.eval_lr_factor * plan.lr
-    own, rand = _batches(ctx, plan, sorted(subs))
+    eta = cfg.scoring.eval_lr_factor * plan.lr
+    own, rand = _batches(cfg, ctx, plan, sorted(subs))
     out = {}
     for uid in sorted(subs):
         delta = ctx.codec.decode_all(subs[uid].grads, ctx.spec.shapes)
@@ -185,7 +187,7 @@ def _naive(ctx: ValidatorContext, plan: WindowPlan, subs: Mapping[int, Submissio
     return out
 
 
-def _parts(ctx: ValidatorContext, batch: Tensor, repeats: int = 10) -> dict[str, float]:
+def _parts(ctx: ModelContext, batch: Tensor, repeats: int = 10) -> dict[str, float]:
     """What one evaluation costs on each path: a batch's forward and loss, and the naive deep copy."""
     evaluator = LossEvaluator(ctx.model, ctx.device)
     fns = {"scorer_batch_ms": lambda: evaluator.mean_loss(evaluator.theta, [batch]).item(),
@@ -198,13 +200,19 @@ def _parts(ctx: ValidatorContext, batch: Tensor, repeats: int = 10) -> dict[str,
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def _scorer_vs_naive(net: Network, ctx: ValidatorContext, repeats: int) -> dict:
+def _scorer_vs_naive(net: Network, ctx: ModelContext, repeats: int) -> dict:
     cfg = net.config
     state = restore_state(AuditStore(cfg.audit.root), before_window=SCORED_WINDOW)
-    plan, records = fetch_stage(ctx, net.chain, SCORED_WINDOW, cfg.validator.hotkey)
-    filtered, _, chosen = filter_stage(ctx, plan, records, state)  # loads theta_W into ctx.model
-    subs = {u: filtered.submissions[u] for u in chosen}
-    got, want = score_submissions(ctx, plan, subs), _naive(ctx, plan, subs)
+    plan = plan_.plan_window(net.chain, cfg, SCORED_WINDOW, cfg.validator.hotkey)
+    fetched = fetch.run(cfg, plan)
+    chosen = filter_.run(cfg, plan, fetched, state).chosen  # loads theta_W into ctx.model
+    records = fetched.by_uid()
+    subs = {u: load_submission(cfg, ctx, plan, records[u]) for u in chosen}
+
+    def score_submissions(*_):
+        return evaluate_peers(cfg, plan, fetched, chosen).losses
+
+    got, want = score_submissions(), _naive(cfg, ctx, plan, subs)
     for uid, losses in got.items():  # the two must agree before they are timed
         fast = (losses.own_before, losses.own_after, losses.rand_before, losses.rand_after)
         if any(abs(a - b) > 1e-4 * abs(b) for a, b in zip(fast, want[uid])):
@@ -212,9 +220,9 @@ def _scorer_vs_naive(net: Network, ctx: ValidatorContext, repeats: int) -> dict:
     scorer, naive = [], []
     for _ in range(repeats):
         scorer.append(_timed(lambda: score_submissions(ctx, plan, subs))[0])
-        naive.append(_timed(lambda: _naive(ctx, plan, subs))[0])
+        naive.append(_timed(lambda: _naive(cfg, ctx, plan, subs))[0])
     s, n = statistics.median(scorer), statistics.median(naive)
-    own, rand = _batches(ctx, plan, sorted(subs))
+    own, rand = _batches(cfg, ctx, plan, sorted(subs))
     evaluations = {"scorer": sum(2 * len(b) + len(rand) for b in own.values()) + len(rand),  # L_rand_before once
                    "naive": sum(2 * len(b) + 2 * len(rand) for b in own.values())}
     return {"window": SCORED_WINDOW, "peers": len(subs), "repeats": repeats, "scorer_s": s, "naive_s": n,

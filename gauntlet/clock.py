@@ -46,3 +46,19 @@ def global_step(window: int, start_window: int) -> int:
     if window < start_window:
         raise ValueError(f"window {window} is before the start window {start_window}")
     return window - start_window
+
+
+class NotReady(RuntimeError):
+    """The chain has not reached the window's validation point yet."""
+
+
+def ready_block(window: int, cfg: ChainConfig) -> int:
+    """The first block at which window W may be validated: the start of W + validator_offset."""
+    return first_block(window + cfg.validator_offset, cfg.blocks_per_window)
+
+
+def ensure_ready(current_block: int, window: int, cfg: ChainConfig) -> None:
+    """The one readiness rule (``closed_window`` is its inverse); raises `NotReady` before it."""
+    if current_block < ready_block(window, cfg):
+        raise NotReady(f"window {window} can be validated from block {ready_block(window, cfg)}; "
+                       f"chain is at {current_block}")

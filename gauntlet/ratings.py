@@ -13,7 +13,8 @@ Penalty rules (GAUNTLET.md "Ratings and the final score"); penalties multiply po
 - failed sync: ``F *= 0.75``, ``B *= 0.75``.
 - copies (top-k overlap): ``halve`` -> ``F *= 0.5`` (still rated); ``reset``/``identical`` ->
   ``F = 0``; ``ban`` -> ``F = 0`` and barred for ``ban_windows``.
-- validator or infrastructure faults: nothing (ours).
+- validator or infrastructure faults: nothing (ours). An internal error while handling the
+  peer's data (window/guard.py): no cut, but the window counts towards the inactivity clock.
 """
 
 from __future__ import annotations
@@ -137,6 +138,15 @@ def play_match(peers: Mapping[int, PeerState], scores: Mapping[int, float], cfg:
     return {u: replace(peers[u], mu=team[0].mu, sigma=team[0].sigma) for u, team in zip(uids, rated)}
 
 
+def update_moving_average(B: float, b: int, ema: float = 0.95) -> float:
+    """B <- ema * B + (1 - ema) * b."""
+    if b not in (-1, 1):
+        raise ValueError(f"the indicator b must be +1 or -1, got {b}")
+    if not 0 <= ema < 1:
+        raise ValueError(f"ema must be in [0, 1), got {ema}")
+    return ema * B + (1 - ema) * b
+
+
 def _shrink(value: float, factor: float) -> float:
     return value * factor if value > 0 else value
 
@@ -152,6 +162,9 @@ def _penalise(peer: PeerState, verdict: Verdict | None, copy_action: str | None,
                        moving_average=_shrink(peer.moving_average, p.missing),
                        inactive_windows=peer.inactive_windows + 1)
         notes.append(f"{reason} x{p.missing}")
+    elif reason is Reason.INTERNAL_ERROR:  # our fault: no cut, but unverified work is not activity
+        peer = replace(peer, inactive_windows=peer.inactive_windows + 1)
+        notes.append("internal error: no penalty (the validator's fault), counts as inactive")
     elif reason is not None:
         peer = replace(peer, inactive_windows=0)
     if reason in INVALID_FILE:
@@ -185,10 +198,8 @@ def advance(state: ValidatorState, outcome: WindowOutcome, cfg: GauntletConfig) 
     before = {u: state.peer(u, cfg.rating) for u in set(state.peers) | set(outcome.verdicts)}
     peers = dict(before)
     for uid, score in outcome.scores.items():
-        b = peers[uid].moving_average
-        ema = cfg.uniqueness.ema
-        peers[uid] = replace(peers[uid], moving_average=ema * b + (1 - ema) * score.indicator,
-                             last_evaluated_window=window)
+        b = update_moving_average(peers[uid].moving_average, score.indicator, cfg.uniqueness.ema)
+        peers[uid] = replace(peers[uid], moving_average=b, last_evaluated_window=window)
     for uid, sync in outcome.sync_scores.items():
         peers[uid] = replace(peers[uid], sync_score=sync)
     matched = play_match(peers, {u: s.gradient_score for u, s in outcome.scores.items()}, cfg.rating)

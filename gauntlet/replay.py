@@ -16,19 +16,22 @@ import json
 import math
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gauntlet.audit.schema import TABLES, VOLATILE, conform
 from gauntlet.audit.store import AuditStore
 from gauntlet.config import GauntletConfig, with_overrides
 from gauntlet.ratings import ValidatorState
-from gauntlet.validator import restore_state
+from gauntlet.state import restore_state
 from gauntlet.verdicts import Reason
-from gauntlet.window.context import ValidatorContext, build_context, state_hash
-from gauntlet.window.fetch import FetchRecord
+from gauntlet.window import audit
+from gauntlet.window.audit import WindowResult
+from gauntlet.window.context import checkpoint_path, state_hash
+from gauntlet.window.fetch import FetchRecord, Fetched
+from gauntlet.window.pipeline import Direct, compute
 from gauntlet.window.plan import WindowPlan
-from gauntlet.window.runner import Computed, compute_window
 
 
 class InputsGone(FileNotFoundError):
@@ -69,31 +72,27 @@ def _inputs(store: AuditStore, window: int) -> tuple[dict, WindowPlan, list[Fetc
     return row, WindowPlan.from_dict(json.loads(row["plan_json"])), _records(store, window)
 
 
-class ScratchContexts:
-    """Validator contexts in one scratch folder, one per distinct config, reused across the
-    windows of a replay (building the paper's model takes about 23 s on a CPU)."""
+class Scratch:
+    """One scratch folder per distinct config for a whole replay: its workdir receives the recorded
+    checkpoint of each window (hash checked), and the process's one model is reused."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self._by_config: dict[str, ValidatorContext] = {}
+        self._by_config: dict[str, Path] = {}
 
-    def for_window(self, cfg: GauntletConfig, live_workdir: Path, window: int, expected_hash: str) -> ValidatorContext:
-        """A context whose checkpoint of `window` is the recorded one (hash checked)."""
-        source = live_workdir / "checkpoints" / f"{window:08d}.safetensors"
+    def config_for(self, cfg: GauntletConfig, live_workdir: Path, window: int, expected_hash: str) -> GauntletConfig:
+        """`cfg` pointed at a scratch workdir and audit root holding the recorded theta_W."""
+        source = checkpoint_path(live_workdir, window)
         if not source.exists():
             raise InputsGone(f"checkpoint of window {window} is gone: {source}")
         if state_hash(source) != expected_hash:
             raise InputsGone(f"checkpoint {source} does not match the recorded hash {expected_hash[:12]}")
         key = cfg.model_dump_json()
-        if key not in self._by_config:
-            scratch = self.folder / str(len(self._by_config))
-            update = {"validator": cfg.validator.model_copy(update={"workdir": str(scratch)})}
-            self._by_config[key] = build_context(cfg.model_copy(update=update), scratch)
-        ctx = self._by_config[key]
-        ctx.checkpoint_path(window).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, ctx.checkpoint_path(window))
-        ctx.holds = None  # the model may hold a replayed step, not the recorded checkpoint
-        return ctx
+        scratch = self._by_config.setdefault(key, self.folder / str(len(self._by_config)))
+        target = checkpoint_path(scratch, window)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+        return with_overrides(cfg, {"validator": {"workdir": str(scratch)}, "audit": {"root": str(scratch / "audit")}})
 
 
 def _same(a: object, b: object) -> bool:
@@ -103,51 +102,57 @@ def _same(a: object, b: object) -> bool:
     return a == b
 
 
-def compare(store: AuditStore, window: int, done: Computed, report: ReplayReport) -> None:
-    """Every recorded value that the replay recomputes must be equal, bit for bit."""
-    def check(what: str, recorded, replayed) -> None:
-        report.compared += 1
-        if not _same(recorded, replayed):
-            report.differences.append(f"{what}: recorded {recorded!r}, replayed {replayed!r}")
+NOT_RECOMPUTED: dict[str, frozenset[str]] = {
+    "windows": VOLATILE["windows"],
+    "weights": frozenset({"set_on_chain", "set_at_block", "chain_success", "chain_message"}),
+}
+"""Recorded columns a replay does not recompute: when the rows were written and how long each
+stage took, and the chain's answer to the weights (a replay sets nothing on chain)."""
 
-    for row in store.read("verdicts", window_id=window).iter_rows(named=True):
-        got = done.verdicts.get(row["uid"])
-        check(f"uid {row['uid']} verdict", row["reason"], str(got.reason) if got else None)
-    for row in store.read("scores", window_id=window).iter_rows(named=True):
-        losses = done.evaluation.losses.get(row["uid"])
-        for col, attr in (("loss_own_before", "own_before"), ("loss_own_after", "own_after"),
-                          ("loss_rand_before", "rand_before"), ("loss_rand_after", "rand_after")):
-            check(f"uid {row['uid']} {col}", row[col], getattr(losses, attr) if losses else None)
-    replayed = {r.state.uid: r.state for r in done.rated.records}
-    for row in store.read("ratings", window_id=window).iter_rows(named=True):
-        peer = replayed.get(row["uid"])
-        for col in ("mu", "sigma", "final_score", "moving_average"):
-            check(f"uid {row['uid']} {col}", row[col], getattr(peer, col) if peer else None)
-    for uid, w in report.weights_recorded.items():
-        check(f"uid {uid} weight", w, report.weights_replayed.get(uid))
-    win = store.read("windows", window_id=window).row(0, named=True)
-    check("checkpoint after the step", win["checkpoint_after"], done.checkpoint_after)
+
+def _key(table: str, row: Mapping[str, object]) -> str:
+    return f"{table}" + ("" if "uid" not in row else f" uid {row['uid']}")
+
+
+def compare(store: AuditStore, window: int, cfg: GauntletConfig, done: WindowResult, report: ReplayReport) -> None:
+    """Every recorded value of every table that the replay recomputes must be equal, bit for bit:
+    the replay's own audit rows are built with the recorded config and compared cell by cell."""
+    replayed = audit.tables(cfg, done, {})
+    for table in TABLES:
+        skip = NOT_RECOMPUTED.get(table, frozenset())
+        recorded_rows = store.read(table, window_id=window).to_dicts()
+        ours = {_key(table, r): r for r in conform(table, window, replayed[table]).to_pylist()}
+        for row in recorded_rows:
+            other = ours.pop(_key(table, row), None)
+            for col, value in row.items():
+                if col in skip or col == "window_id":
+                    continue
+                report.compared += 1
+                got = None if other is None else other.get(col)
+                if not _same(value, got):
+                    report.differences.append(f"{_key(table, row)} {col}: recorded {value!r}, replayed {got!r}")
+        report.differences.extend(f"{key}: not recorded, but the replay produced it" for key in ours)
 
 
 def replay_window(store: AuditStore, window: int, state: ValidatorState | None = None,
                   overrides: Sequence[str] = (), live_workdir: Path | None = None,
-                  scratch: ScratchContexts | None = None) -> tuple[ReplayReport, ValidatorState]:
+                  scratch: Scratch | None = None) -> tuple[ReplayReport, ValidatorState]:
     """Recompute one window; compare with the record when no overrides are given."""
     if scratch is None:
         with tempfile.TemporaryDirectory(prefix=f"gauntlet-replay-{window}-") as folder:
-            return replay_window(store, window, state, overrides, live_workdir, ScratchContexts(Path(folder)))
+            return replay_window(store, window, state, overrides, live_workdir, Scratch(Path(folder)))
     row, plan, records = _inputs(store, window)
     recorded_cfg = GauntletConfig.model_validate_json(row["config_json"])
     cfg = with_overrides(recorded_cfg, overrides) if overrides else recorded_cfg
     state = restore_state(store, before_window=window) if state is None else state
     live = Path(live_workdir or recorded_cfg.validator.workdir)
-    ctx = scratch.for_window(cfg, live, window, row["checkpoint_before"])
-    done = compute_window(ctx, plan, records, state)
+    scratch_cfg = scratch.config_for(cfg, live, window, row["checkpoint_before"])
+    done = compute(Direct(), scratch_cfg, plan, Fetched(tuple(records)), state)
     report = ReplayReport(window)
     report.weights_recorded = {r["uid"]: r["weight"] for r in store.read("weights", window_id=window).iter_rows(named=True)}
     report.weights_replayed = dict(done.rated.weights)
     if not overrides:
-        compare(store, window, done, report)
+        compare(store, window, recorded_cfg, done, report)
     return report, done.rated.state
 
 
@@ -157,7 +162,7 @@ def replay_range(store: AuditStore, first: int, last: int, overrides: Sequence[s
     state = restore_state(store, before_window=first)
     reports = []
     with tempfile.TemporaryDirectory(prefix="gauntlet-replay-") as folder:
-        scratch = ScratchContexts(Path(folder))
+        scratch = Scratch(Path(folder))
         for window in [w for w in store.windows() if first <= w <= last]:
             report, state = replay_window(store, window, state, overrides, live_workdir, scratch)
             reports.append(report)

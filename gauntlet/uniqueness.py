@@ -45,14 +45,6 @@ def indicator(r_own: float, s: float, margin: float = 0.0) -> int:
     return 1 if r_own > s + margin * abs(s) else -1
 
 
-def update_moving_average(B: float, b: int, ema: float = 0.95) -> float:
-    """B <- ema * B + (1 - ema) * b."""
-    if b not in (-1, 1):
-        raise ValueError(f"the indicator b must be +1 or -1, got {b}")
-    if not 0 <= ema < 1:
-        raise ValueError(f"ema must be in [0, 1), got {ema}")
-    return ema * B + (1 - ema) * b
-
 
 def _common_names(peers: Mapping[int, Compressed], uids: list[int]) -> list[str]:
     """The tensor names, after checking every peer has the same tensors with the same shapes."""
@@ -120,18 +112,26 @@ def overlap_matrix(peers: Mapping[int, Compressed], *,
 @dataclass(frozen=True)
 class CopyFinding:
     uid: int
-    """The peer blamed: the later uploader of the pair."""
+    """The peer blamed: the later uploader of the pair (each of the two, with no trusted order)."""
     partner: int
-    """The earlier uploader it matched."""
+    """The peer it matched (the earlier uploader, when the order is known)."""
     overlap: float
     action: str
     """One of ACTIONS."""
 
 
-def _later(a: int, b: int, upload_times: Mapping[int, float]) -> tuple[int, int]:
-    """(later, earlier); equal upload times blame the larger uid, so the result never depends on order."""
-    key = {u: (float(upload_times[u]), u) for u in (a, b)}
-    return (a, b) if key[a] > key[b] else (b, a)
+def _blamed(a: int, b: int, upload_times: Mapping[int, float | None]) -> list[tuple[int, int]]:
+    """[(blamed, partner)]: the later uploader, or both peers when their order is not known.
+
+    Only a trusted time orders two uploads (None marks a time the peer's own server reported);
+    equal times (S3 keeps whole seconds) order nothing either. With no trusted order the copy
+    rule applies to both, as to a later uploader, and never by uid: a thief must not get the
+    honest author blamed by claiming an earlier time on its own server.
+    """
+    ta, tb = upload_times[a], upload_times[b]
+    if ta is None or tb is None or ta == tb:
+        return [(a, b), (b, a)]
+    return [(a, b)] if ta > tb else [(b, a)]
 
 
 def _worse(new: CopyFinding, old: CopyFinding | None) -> bool:
@@ -150,7 +150,7 @@ def _action(overlap: float, halve: float, reset: float, ban: float) -> str | Non
     return None
 
 
-def find_copies(peers: Mapping[int, Compressed], upload_times: Mapping[int, float],
+def find_copies(peers: Mapping[int, Compressed], upload_times: Mapping[int, float | None],
                 content_hashes: Mapping[int, str], halve: float = 0.4, reset: float = 0.5, ban: float = 0.6,
                 *, matrix: tuple[list[int], Tensor] | None = None) -> dict[int, CopyFinding]:
     """uid -> its worst finding, for the peers blamed (later uploaders); others are absent.
@@ -175,8 +175,8 @@ def find_copies(peers: Mapping[int, Compressed], upload_times: Mapping[int, floa
             action = "identical" if content_hashes[a] == content_hashes[b] else _action(o, halve, reset, ban)
             if action is None:
                 continue
-            later, earlier = _later(a, b, upload_times)
-            finding = CopyFinding(later, earlier, o, action)
-            if _worse(finding, found.get(later)):
-                found[later] = finding
+            for later, earlier in _blamed(a, b, upload_times):
+                finding = CopyFinding(later, earlier, o, action)
+                if _worse(finding, found.get(later)):
+                    found[later] = finding
     return found

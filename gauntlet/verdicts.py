@@ -23,6 +23,8 @@ class Reason(StrEnum):
     BANNED = "banned"
     VALIDATOR_FAULT = "validator_fault"
     INFRASTRUCTURE = "infrastructure"
+    INTERNAL_ERROR = "internal_error"
+    """An unexpected exception while handling the peer's data (window/guard.py)."""
 
 
 class Blame(StrEnum):
@@ -32,11 +34,6 @@ class Blame(StrEnum):
     INFRASTRUCTURE = "infrastructure"
 
 
-# Which reasons are the peer's fault (and so penalised).
-PEER_FAULTS = frozenset(
-    {Reason.MISSING, Reason.TOO_EARLY, Reason.TOO_LATE, Reason.MALFORMED, Reason.NON_FINITE,
-     Reason.DESYNCED, Reason.COPIED, Reason.BANNED}
-)
 # Reasons that mean the file itself is bad (an evaluated peer with one gets F = 0).
 INVALID_FILE = frozenset({Reason.MALFORMED, Reason.NON_FINITE})
 
@@ -57,7 +54,7 @@ class Verdict:
     def blame(self) -> Blame:
         if self.reason is Reason.OK:
             return Blame.NONE
-        if self.reason is Reason.VALIDATOR_FAULT:
+        if self.reason in (Reason.VALIDATOR_FAULT, Reason.INTERNAL_ERROR):
             return Blame.VALIDATOR
         if self.reason is Reason.INFRASTRUCTURE:
             return Blame.INFRASTRUCTURE

@@ -6,13 +6,12 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 
-from gauntlet.window.evaluate import Evaluation
-from gauntlet.verdicts import Verdict
-from gauntlet.window.outcome import Rated
+from gauntlet.window.audit import WindowResult
 
 
-def peer_table(verdicts: dict[int, Verdict], evaluation: Evaluation, rated: Rated) -> list[dict]:
+def peer_table(result: WindowResult) -> list[dict]:
     rows = []
+    verdicts, evaluation, rated = result.rated.verdicts, result.evaluated, result.rated
     for rec in rated.records:
         uid = rec.state.uid
         verdict = verdicts.get(uid)
@@ -30,16 +29,17 @@ def peer_table(verdicts: dict[int, Verdict], evaluation: Evaluation, rated: Rate
 
 
 @task(task_run_name="report-w{window}", cache_policy=NONE)
-def window_artifacts(window: int, verdicts: dict[int, Verdict], evaluation: Evaluation, rated: Rated,
-                     gather: list[int], chain_result: dict | None) -> None:
-    rows = peer_table(verdicts, evaluation, rated)
+def window_artifacts(window: int, result: WindowResult) -> None:
+    rows = peer_table(result)
+    verdicts, evaluation, rated = result.rated.verdicts, result.evaluated, result.rated
+    gather, chain_result = list(result.stepped.gather), result.weights
     create_table_artifact(key=f"window-{window}-peers", table=rows,
                           description=f"Peers of window {window}: verdict, scores, rating, weight")
     reasons: dict[str, int] = {}
     for v in verdicts.values():
         reasons[str(v.reason)] = reasons.get(str(v.reason), 0) + 1
     top = sorted(rated.weights.items(), key=lambda kv: -kv[1])[:5]
-    chain = "not due" if chain_result is None else f"{'set' if chain_result['success'] else 'FAILED'}: {chain_result['message']}"
+    chain = "not due" if chain_result is None else f"{'set' if chain_result.success else 'FAILED'}: {chain_result.message}"
     md = "\n".join([
         f"# Window {window}",
         f"- peers: {len(verdicts)}; verdicts: " + ", ".join(f"{k} {n}" for k, n in sorted(reasons.items())),

@@ -47,6 +47,8 @@ _SPECS: dict[str, list[Column]] = {
         ("lr", pa.float64(), False, "learning rate lr_W of the window (schedule value)"),
         ("timings_json", pa.string(), False, "seconds spent per stage, as a JSON object"),
         ("created_at", _TS, False, "when the window's audit rows were written (UTC)"),
+        ("internal_errors", pa.int64(), False,
+         "peers whose data raised an unexpected error in the validator (verdict internal_error; see window/guard.py)"),
     ],
     "submissions": [
         WINDOW_ID,
@@ -76,10 +78,13 @@ _SPECS: dict[str, list[Column]] = {
         ("gradient_score", pa.float64(), True, "s_k = (L_rand_before - L_rand_after) / L_rand_before"),
         ("own_improvement", pa.float64(), True, "r_own = (L_own_before - L_own_after) / L_own_before"),
         ("indicator", pa.int8(), True, "b = +1 if r_own > s_k else -1; null if not evaluated"),
-        ("moving_average", pa.float64(), True, "B after this window's update (B = 0.95 B + 0.05 b)"),
+        ("moving_average", pa.float64(), True,
+         "B after this window's update (B = ema B + (1 - ema) b), before penalties; null if not evaluated"),
         ("sync_score", pa.float64(), True, "(1 - min(x, 5) / 5) ** 2.5 with x = steps behind; null if no probe"),
         ("steps_behind", pa.float64(), True, "x = mean |theta_validator - theta_peer| / lr_W over the probe"),
-        ("max_overlap", pa.float64(), True, "largest top-k index overlap with another peer, in [0, 1]"),
+        ("max_overlap", pa.float64(), True,
+         "largest top-k index overlap with another peer whose file passed the format and sync checks, in "
+         "[0, 1] (how close it came to the copy thresholds); null if it was not compared"),
         ("overlap_with", pa.int64(), True, "the uid of that other peer; null if none"),
     ],
     "ratings": [
@@ -89,11 +94,14 @@ _SPECS: dict[str, list[Column]] = {
         ("sigma", pa.float64(), False, "OpenSkill sigma after this window"),
         ("ordinal", pa.float64(), False, "mu - 3 sigma after this window"),
         ("moving_average", pa.float64(), False, "B, the uniqueness moving average, after penalties"),
-        ("sync_score", pa.float64(), True, "the sync score used in F; null if never probed"),
+        ("sync_score", pa.float64(), True, "the sync score used in F: the last measured, 1.0 until the first probe"),
         ("final_score", pa.float64(), False, "F = ordinal * max(0, B) * sync, after penalties"),
         ("penalties", pa.list_(pa.string()), False,
          "penalties applied this window, e.g. [\"missing x0.75\"]; empty if none"),
-        ("inactive_windows", pa.int64(), False, "consecutive windows without a valid submission"),
+        ("inactive_windows", pa.int64(), False,
+         "consecutive windows with no file in the put window (missing, too early, too late) or an internal "
+         "error; any file that arrived resets it (invalid files are penalised instead); penalty.reset_after "
+         "of them delete the rating"),
         ("last_evaluated_window", pa.int64(), True, "last window the peer was scored in; null if never"),
         ("banned_until", pa.int64(), True, "the peer is barred until this window (copying); null if not"),
         ("rated_in_match", pa.bool_(), False, "whether the peer took part in this window's OpenSkill match"),

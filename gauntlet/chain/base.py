@@ -41,20 +41,18 @@ class Neuron:
 
 @dataclass(frozen=True, slots=True)
 class WeightsResult:
-    """A weight submission the chain accepted (refusals raise `ChainError` instead).
-
-    `success` is kept so audit rows can hold attempts that failed (`WeightsResult.failed`).
-    """
+    """The chain's answer to a weight submission. The chain raises `ChainError` on a refusal; the
+    validator records the refusal as `WeightsResult.failed` so audit rows hold every attempt."""
 
     success: bool
     message: str
-    block: int
+    block: int | None
     uids: tuple[int, ...] = ()
     weights: tuple[float, ...] = ()
     version_key: int = 0
 
     @classmethod
-    def failed(cls, error: ChainError, block: int, uids: Sequence[int], weights: Sequence[float],
+    def failed(cls, error: ChainError, block: int | None, uids: Sequence[int], weights: Sequence[float],
                version_key: int) -> WeightsResult:
         return cls(False, f"{error.reason}: {error}", block, tuple(uids), tuple(weights), version_key)
 

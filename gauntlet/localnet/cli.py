@@ -1,6 +1,6 @@
 """`gauntlet localnet init` and `gauntlet localnet run`: a whole network on one machine.
 
-`run --validate` runs the direct validator (gauntlet/validator.py) in the same process after
+`run --validate` runs the direct validator (gauntlet/window/pipeline.py) in the same process after
 each window, for every window that became ready; its state is rebuilt from the network's audit
 tables, so runs can be repeated and carry on. Without `--validate` only the miners run (a
 validator flow can follow the same chain and buckets from another process).
@@ -17,8 +17,8 @@ from gauntlet.audit.store import AuditStore
 from gauntlet.config import DataConfig
 from gauntlet.localnet.network import DEFAULT_FOLDER, HOSTILE_ORDER, Network, init_network, load_network, parse_mix
 from gauntlet.localnet.simulate import MinerReport, run_network
-from gauntlet.validator import restore_state, validate_window
-from gauntlet.window.context import build_context
+from gauntlet.state import restore_state
+from gauntlet.window.pipeline import Direct, validate_window
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -40,13 +40,10 @@ def _validator(net: Network) -> tuple[Callable[[int], None], int | None]:
     """The direct validator over the network's folder (its state carried across calls), and the
     first window it has not validated yet (None: it never ran)."""
     cfg = net.config
-    ctx = build_context(cfg, cfg.validator.workdir)
-    store = AuditStore(cfg.audit.root)
-    state = restore_state(store)
-    holder = [state]
+    state = restore_state(AuditStore(cfg.audit.root))
 
     def validate(window: int) -> None:
-        holder[0] = validate_window(ctx, net.chain, store, window, cfg.validator.hotkey, holder[0])
+        validate_window(Direct(), cfg, window)
         print(f"  validated window {window}")
 
     return validate, None if state.last_window is None else state.last_window + 1

@@ -45,8 +45,8 @@ from gauntlet.model import build_model
 from gauntlet.ratings import ValidatorState
 from gauntlet.schedule import lr_at
 from gauntlet.storage import Bucket, ObjectMissing, gradient_key
-from gauntlet.validator import GATHER_KEY
-from gauntlet.window.checks import check_window
+from gauntlet.window.filter import check_window
+from gauntlet.window.publish import GATHER_KEY
 from gauntlet.window.context import model_spec, save_checkpoint
 from gauntlet.window.fetch import fetch_window
 from gauntlet.window.plan import plan_window
@@ -195,12 +195,13 @@ class Miners:
         theta = self.theta
         with tempfile.TemporaryDirectory(dir=self.folder, prefix="fetch-") as tmp:
             records = fetch_window(plan, Path(tmp), self.cfg)
-            result = check_window(plan, records, self.spec, theta, self.cfg)
+            checked, _ = check_window(plan, records, self.spec, theta, self.cfg)
         gather = read_gather(self.network, window)
-        uids = aggregation_set(result.accepted, gather)
-        stepped = apply_aggregate(theta, result.submissions, uids, self.codec, self.spec.shapes, plan.lr)
+        accepted = sorted(u for u, v in checked.verdicts.items() if v.ok)
+        uids = aggregation_set(accepted, gather)
+        stepped = apply_aggregate(theta, checked.submissions, uids, self.codec, self.spec.shapes, plan.lr)
         self.next_window = window + 1
-        return {u: str(v.reason) for u, v in result.verdicts.items()}, gather, uids, stepped
+        return {u: str(v.reason) for u, v in checked.verdicts.items()}, gather, uids, stepped
 
     def catch_up(self, window: int) -> None:
         """Aggregate windows the miners were not running for, from whatever files they hold."""

@@ -1,117 +1,119 @@
-"""Stage 2 and uniqueness: choose the peers to evaluate, score them, compute the indicator."""
+"""Stage "evaluate" (stage 2 and uniqueness): each chosen peer's loss score and indicator.
+
+For every chosen peer: its step ``theta - eta * sign(delta)`` scored on its own pages and on the
+window's random pages (gauntlet/scoring.py), then the own-data indicator ``b``. Each peer is
+decoded and scored inside the per-peer guard, one dense delta alive at a time; a non-finite loss
+gives that peer a `non_finite` verdict and never reaches the rating match. A non-finite
+``L_rand_before`` is the validator's own fault (its model or data), so the window stops there.
+"""
 
 from __future__ import annotations
 
-import random
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from torch import Tensor
 
 from gauntlet.config import GauntletConfig
 from gauntlet.data import page_batches, random_pages, sample_batches
 from gauntlet.miner import own_pages
-from gauntlet.ratings import PeerScore, PeerState, ValidatorState, is_banned
+from gauntlet.ratings import PeerScore
 from gauntlet.scoring import LossEvaluator, PeerLosses, score_peers
-from gauntlet.submission import Submission
 from gauntlet.uniqueness import indicator
 from gauntlet.verdicts import Reason, Verdict
-from gauntlet.window.context import ValidatorContext
+from gauntlet.window.context import ModelContext, context_for, corpus_for
+from gauntlet.window.fetch import Fetched
+from gauntlet.window.guard import guarded
+from gauntlet.window.load import load_submission
 from gauntlet.window.plan import WindowPlan
 
 
-def apply_bans(verdicts: dict[int, Verdict], state: ValidatorState, window: int) -> dict[int, Verdict]:
-    """Peers barred for copying get a `banned` verdict instead of being evaluated."""
-    out = dict(verdicts)
-    for uid, verdict in verdicts.items():
-        peer = state.peers.get(uid)
-        if verdict.ok and is_banned(peer, window):
-            out[uid] = Verdict(uid, Reason.BANNED, f"barred for copying until window {peer.banned_until}",
-                               stage="copy")
-    return out
+class ValidatorFault(RuntimeError):
+    """The validator's own state or data is broken (not any peer's doing): the window fails."""
 
 
-def select_for_evaluation(candidates: list[int], peers: Mapping[int, PeerState], window: int, seed: int,
-                          cfg: GauntletConfig) -> list[int]:
-    """`all` (ours): every candidate. `sample` (paper): a few, by bins of final score, with
-    probability proportional to the windows since each was last evaluated."""
-    if cfg.scoring.policy == "all" or len(candidates) <= cfg.scoring.peers_per_window:
-        return sorted(candidates)
-    rng = random.Random(seed)
-    ranked = sorted(candidates, key=lambda u: (-(peers[u].final_score if u in peers else 0.0), u))
-    n_bins = min(cfg.scoring.bins, len(ranked))
-    bins = [ranked[i::n_bins] for i in range(n_bins)]
-    chosen: list[int] = []
-    while len(chosen) < cfg.scoring.peers_per_window:
-        pool = [u for u in bins[len(chosen) % n_bins] if u not in chosen] or \
-               [u for u in ranked if u not in chosen]
-        age = [window - (peers[u].last_evaluated_window if u in peers and peers[u].last_evaluated_window
-                         is not None else -1) for u in pool]
-        chosen.append(rng.choices(pool, weights=age)[0])
-    return sorted(chosen)
+def _sampled(cfg: GauntletConfig, ctx: ModelContext, pages: list[int], seed: int) -> list[Tensor]:
+    batches = page_batches(corpus_for(cfg), ctx.tokenizer, pages, cfg.data)
+    return sample_batches(batches, cfg.scoring.sample_rate, seed)
 
 
-class _LazyDeltas(Mapping[int, Mapping[str, Tensor]]):
-    """Decode a peer's dense delta only when the scorer reaches it (one alive at a time)."""
-
-    def __init__(self, ctx: ValidatorContext, subs: Mapping[int, Submission]) -> None:
-        self.ctx, self.subs = ctx, subs
-
-    def __getitem__(self, uid: int) -> Mapping[str, Tensor]:
-        return self.ctx.codec.decode_all(self.subs[uid].grads, self.ctx.spec.shapes)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.subs)
-
-    def __len__(self) -> int:
-        return len(self.subs)
+def _random_batches(cfg: GauntletConfig, ctx: ModelContext, plan: WindowPlan, uid: int | None = None) -> list[Tensor]:
+    """The window's shared random batches (`shared_random_batches`, ours), or a peer's own set."""
+    n_pages = corpus_for(cfg).n_pages(cfg.data.rows_per_page)
+    seed = plan.seed if uid is None else plan.seed + uid
+    return _sampled(cfg, ctx, random_pages(seed, cfg.scoring.random_pages, n_pages), seed)
 
 
-def _sampled(ctx: ValidatorContext, pages: list[int], seed: int) -> list[Tensor]:
-    batches = page_batches(ctx.corpus, ctx.tokenizer, pages, ctx.cfg.data)
-    return sample_batches(batches, ctx.cfg.scoring.sample_rate, seed)
-
-
-def _random_batches(ctx: ValidatorContext, plan: WindowPlan) -> list[Tensor]:
-    """The window's shared random batches (`shared_random_batches`, ours)."""
-    n_pages = ctx.corpus.n_pages(ctx.cfg.data.rows_per_page)
-    return _sampled(ctx, random_pages(plan.seed, ctx.cfg.scoring.random_pages, n_pages), plan.seed)
-
-
-def random_baseline(ctx: ValidatorContext, plan: WindowPlan) -> float | None:
-    """L_rand_before of the window (None when every peer has its own random batches)."""
-    if not ctx.cfg.scoring.shared_random_batches:
+def _baseline(cfg: GauntletConfig, ctx: ModelContext, plan: WindowPlan) -> float | None:
+    if not cfg.scoring.shared_random_batches:
         return None
     evaluator = LossEvaluator(ctx.model, ctx.device)
-    return evaluator.mean_loss(evaluator.theta, _random_batches(ctx, plan)).item()
+    value = evaluator.mean_loss(evaluator.theta, _random_batches(cfg, ctx, plan)).item()
+    if not math.isfinite(value) or value <= 0:
+        raise ValidatorFault(f"L_rand_before of window {plan.window} is {value}: the validator's model or data "
+                             "is broken (no peer is scored against it)")
+    return value
 
 
-def score_submissions(ctx: ValidatorContext, plan: WindowPlan, subs: Mapping[int, Submission],
-                      rand_before: float | None = None) -> dict[int, PeerLosses]:
-    """Losses of each peer's step on its own pages and on the window's random pages."""
-    cfg = ctx.cfg
-    n_pages = ctx.corpus.n_pages(cfg.data.rows_per_page)
-    own = {u: _sampled(ctx, own_pages(u, plan.window, ctx.corpus, cfg), plan.seed + u) for u in subs}
-    if cfg.scoring.shared_random_batches:
-        rand = _random_batches(ctx, plan)
-    else:
-        rand = {u: _sampled(ctx, random_pages(plan.seed + u, cfg.scoring.random_pages, n_pages), plan.seed + u)
-                for u in subs}
-    evaluator = LossEvaluator(ctx.model, ctx.device)
-    return score_peers(evaluator, _LazyDeltas(ctx, subs), own, rand, cfg.scoring.eval_lr_factor * plan.lr,
-                       rand_before)
+def baseline(cfg: GauntletConfig, plan: WindowPlan) -> float | None:
+    """L_rand_before of the window, computed once (None when each peer has its own random batches)."""
+    ctx = context_for(cfg)
+    with ctx.lock:
+        ctx.load_theta(cfg.validator.workdir, plan.window)
+        return _baseline(cfg, ctx, plan)
 
 
 @dataclass(frozen=True)
-class Evaluation:
-    losses: dict[int, PeerLosses]
-    scores: dict[int, PeerScore]
+class Evaluated:
+    """Result of stage "evaluate" (or of one chunk of it)."""
+
+    losses: dict[int, PeerLosses] = field(default_factory=dict)
+    scores: dict[int, PeerScore] = field(default_factory=dict)
+    verdicts: dict[int, Verdict] = field(default_factory=dict)
+    """Peers rejected while being scored (non-finite losses, internal errors): these replace
+    their stage-1 verdicts."""
+
+    @staticmethod
+    def merge(parts: Sequence[Evaluated]) -> Evaluated:
+        return Evaluated({u: v for p in parts for u, v in p.losses.items()},
+                         {u: v for p in parts for u, v in p.scores.items()},
+                         {u: v for p in parts for u, v in p.verdicts.items()})
 
 
-def evaluate(ctx: ValidatorContext, plan: WindowPlan, subs: Mapping[int, Submission],
-             rand_before: float | None = None) -> Evaluation:
-    losses = score_submissions(ctx, plan, subs, rand_before)
-    scores = {u: PeerScore(l.gradient_score, l.own_improvement,
-                                indicator(l.own_improvement, l.gradient_score, ctx.cfg.uniqueness.own_margin))
-              for u, l in losses.items()}
-    return Evaluation(losses, scores)
+def _score_one(cfg: GauntletConfig, ctx: ModelContext, plan: WindowPlan, fetched: Fetched, uid: int,
+               evaluator: LossEvaluator, rand: list[Tensor] | None, rand_before: float | None) -> PeerLosses | Verdict:
+    sub = load_submission(cfg, ctx, plan, fetched.by_uid()[uid])
+    delta = ctx.codec.decode_all(sub.grads, ctx.spec.shapes)
+    corpus = corpus_for(cfg)
+    own = _sampled(cfg, ctx, own_pages(uid, plan.window, corpus, cfg), plan.seed + uid)
+    rand = rand if rand is not None else _random_batches(cfg, ctx, plan, uid)
+    losses = score_peers(evaluator, {uid: delta}, {uid: own}, rand, cfg.scoring.eval_lr_factor * plan.lr,
+                         rand_before)[uid]
+    bad = [name for name in ("own_before", "own_after", "rand_before", "rand_after")
+           if not math.isfinite(getattr(losses, name))]
+    if bad:
+        return Verdict(uid, Reason.NON_FINITE, f"its step gives a non-finite loss ({', '.join(bad)})", stage="score")
+    return losses
+
+
+def run(cfg: GauntletConfig, plan: WindowPlan, fetched: Fetched, uids: Sequence[int],
+        rand_before: float | None = None) -> Evaluated:
+    """Stage "evaluate" for `uids` (all chosen peers, or one chunk of them)."""
+    ctx = context_for(cfg)
+    out = Evaluated()
+    with ctx.lock:
+        ctx.load_theta(cfg.validator.workdir, plan.window)
+        if rand_before is None and uids:
+            rand_before = _baseline(cfg, ctx, plan)
+        rand = _random_batches(cfg, ctx, plan) if cfg.scoring.shared_random_batches else None
+        evaluator = LossEvaluator(ctx.model, ctx.device)
+        for uid in sorted(uids):
+            got = guarded(uid, "score", _score_one, cfg, ctx, plan, fetched, uid, evaluator, rand, rand_before)
+            if isinstance(got, Verdict):
+                out.verdicts[uid] = got
+                continue
+            out.losses[uid] = got
+            out.scores[uid] = PeerScore(got.gradient_score, got.own_improvement,
+                                        indicator(got.own_improvement, got.gradient_score, cfg.uniqueness.own_margin))
+    return out

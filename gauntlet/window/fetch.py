@@ -80,3 +80,18 @@ def fetch_window(plan: WindowPlan, archive: Path, cfg: GauntletConfig) -> list[F
     with ThreadPoolExecutor(max_workers=cfg.storage.max_concurrency) as pool:
         records = list(pool.map(lambda u: fetch_one(plan, u, archive, cfg), uids))
     return blame_outages(records)
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """Result of stage "fetch": one record per expected peer, its file archived when it had one."""
+
+    records: tuple[FetchRecord, ...]
+
+    def by_uid(self) -> dict[int, FetchRecord]:
+        return {r.uid: r for r in self.records}
+
+
+def run(cfg: GauntletConfig, plan: WindowPlan) -> Fetched:
+    """Stage "fetch": every peer's file of the window into the validator's archive."""
+    return Fetched(tuple(fetch_window(plan, Path(cfg.validator.workdir) / "archive", cfg)))

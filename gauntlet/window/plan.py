@@ -1,12 +1,16 @@
-"""Stage "clock": what the chain says about window W, as a small JSON-able record."""
+"""Stage "plan": what the chain says about window W, as a small JSON-able record.
+
+The plan is read once (it needs the chain) and stored with the window's audit row, so a replay
+reruns the later stages from it without a chain.
+"""
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass
 
-from gauntlet.chain import Chain
-from gauntlet.clock import first_block, global_step, put_window
+from gauntlet.chain import Chain, open_chain
+from gauntlet.clock import ensure_ready, first_block, global_step, put_window
 from gauntlet.config import GauntletConfig
 from gauntlet.schedule import lr_at
 
@@ -66,3 +70,10 @@ def plan_window(chain: Chain, cfg: GauntletConfig, window: int, own_hotkey: str 
         lr=lr_at(global_step(window, cfg.chain.start_window), cfg.schedule),
         peers=peers, commitments=commitments,
     )
+
+
+def run(cfg: GauntletConfig, window: int) -> WindowPlan:
+    """The plan of a closed window; `clock.NotReady` before the chain reaches it."""
+    chain = open_chain(cfg.chain)
+    ensure_ready(chain.block(), window, cfg.chain)
+    return plan_window(chain, cfg, window, cfg.validator.hotkey)

@@ -1,4 +1,4 @@
-"""Stage "aggregate": the update of window W applied to theta_W, giving theta_{W+1}.
+"""Stage "step": the update of window W applied to theta_W, giving theta_{W+1}.
 
 The aggregation set is the gather list in force for W (chosen by the validator from earlier
 weights and published) intersected with the peers whose files passed the public checks of
@@ -9,12 +9,32 @@ peer in sync computes the same set and the same step (the local network does exa
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from torch import Tensor
 
 from gauntlet.aggregation import aggregate, sign_step
 from gauntlet.codec import DCTCodec
+from gauntlet.config import GauntletConfig
+from gauntlet.ratings import ValidatorState
 from gauntlet.submission import Submission
+from gauntlet.window.context import checkpoint_path, context_for, state_hash
+from gauntlet.window.fetch import Fetched
+from gauntlet.window.filter import Filtered
+from gauntlet.window.load import load_submission
+from gauntlet.window.plan import WindowPlan
+
+
+@dataclass(frozen=True)
+class Stepped:
+    """Result of stage "step"."""
+
+    gather: tuple[int, ...]
+    """The peers whose updates were aggregated (the aggregation set)."""
+    stepped: bool
+    """False when nobody qualified: theta_{W+1} = theta_W."""
+    checkpoint_before: str
+    checkpoint_after: str
 
 
 def aggregation_set(accepted: Sequence[int], gather: Sequence[int] | None) -> list[int]:
@@ -31,3 +51,18 @@ def apply_aggregate(theta: Mapping[str, Tensor], subs: Mapping[int, Submission],
     delta = aggregate(codec, [subs[u].grads for u in uids], shapes)
     sign_step(theta, delta, lr)
     return True
+
+
+def run(cfg: GauntletConfig, plan: WindowPlan, fetched: Fetched, filtered: Filtered, state: ValidatorState) -> Stepped:
+    """theta_W -> theta_{W+1}, saved as the checkpoint of W + 1."""
+    gather = aggregation_set(filtered.accepted, state.gather_for(plan.window))
+    ctx = context_for(cfg)
+    records = fetched.by_uid()
+    with ctx.lock:
+        theta = ctx.load_theta(cfg.validator.workdir, plan.window)
+        subs = {u: load_submission(cfg, ctx, plan, records[u]) for u in gather}
+        before = state_hash(checkpoint_path(cfg.validator.workdir, plan.window))
+        ctx.holds = None  # stepped in place below: no longer theta_W until saved as W + 1
+        stepped = apply_aggregate(theta, subs, gather, ctx.codec, ctx.spec.shapes, plan.lr)
+        after = ctx.save_theta(cfg.validator.workdir, plan.window + 1)
+    return Stepped(tuple(gather), stepped, before, after)

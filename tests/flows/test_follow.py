@@ -33,7 +33,7 @@ def test_a_window_not_closed_yet_fails_without_retries(tmp_path, prepared_data):
     from prefect.states import Failed
 
     from flows.validate import validate_window
-    from gauntlet.validator import NotReady
+    from gauntlet.clock import NotReady
     from tasks.window import _retry_unless_not_ready
 
     net = make_network(tmp_path / "net", prepared_data, ["honest"] * 2)

@@ -10,8 +10,8 @@ from gauntlet.audit.store import AuditStore
 from gauntlet.localnet.network import init_network
 from gauntlet.localnet.simulate import run_network
 from gauntlet.replay import replay_range, replay_window
-from gauntlet.validator import restore_state, validate_window
-from gauntlet.window.context import build_context
+from gauntlet.state import restore_state
+from gauntlet.window.pipeline import Direct, validate_window
 
 pytestmark = pytest.mark.slow
 ROSTER = ["honest"] * 4 + ["late", "copycat", "malformed", "honest"]
@@ -24,11 +24,11 @@ def network(tmp_path_factory, prepared_data):
     net = init_network(tmp_path_factory.mktemp("net"), behaviours=ROSTER, corpus=corpus, tokenizer=tokenizer,
                        force=True, overrides=["filter.put_window_s=1.0"])
     cfg = net.config
-    ctx, store = build_context(cfg, cfg.validator.workdir), AuditStore(cfg.audit.root)
+    store = AuditStore(cfg.audit.root)
     state = [restore_state(store)]
 
     def validate(window: int) -> None:
-        state[0] = validate_window(ctx, net.chain, store, window, cfg.validator.hotkey, state[0])
+        state[0] = validate_window(Direct(), cfg, window, state=state[0]).rated.state
 
     run_network(net, 5, validate)
     return net, store, state[0]

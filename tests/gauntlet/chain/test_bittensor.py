@@ -157,7 +157,7 @@ def test_open_chain_builds_the_sdk_adapter(tmp_path: Path, fake: FakeSubstrate) 
 
 def test_the_validators_hotkey_comes_from_its_wallet(tmp_path: Path) -> None:
     from gauntlet.config import ConfigError, load_config
-    from gauntlet.validator import with_identity
+    from gauntlet.identity import with_identity
 
     make_wallet(tmp_path, ALICE)
     cfg = load_config(overrides=["chain.network=finney", f"chain.wallet_path={tmp_path}",

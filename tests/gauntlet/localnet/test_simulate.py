@@ -17,8 +17,9 @@ from gauntlet.localnet.network import Network, init_network
 from gauntlet.localnet.simulate import Miners, open_miners, read_gather, run_miners, run_network
 from gauntlet.ratings import ValidatorState
 from gauntlet.storage import gradient_key
-from gauntlet.validator import GATHER_KEY, validate_window
-from gauntlet.window.context import build_context
+from gauntlet.window.context import checkpoint_path
+from gauntlet.window.pipeline import Direct, validate_window
+from gauntlet.window.publish import GATHER_KEY
 
 FAST = {"data": {"rows_per_page": 4}, "filter": {"put_window_s": 1.0}}
 MALFORMED_REASON = {"garbage": "malformed", "nan": "non_finite", "wrong_window": "malformed", "pickle": "malformed",
@@ -73,12 +74,11 @@ def test_miners_model_is_bit_identical_to_the_validators(tmp_path: Path, prepare
     the validator publishes takes effect in window 2 (effective_after = 0)."""
     net = _network(tmp_path, prepared_data, peers=12, overrides={**FAST, "aggregation": {"effective_after": 0}})
     cfg = net.config
-    ctx = build_context(cfg, cfg.validator.workdir)
     store = AuditStore(cfg.audit.root)
     state = [ValidatorState()]
 
     def validate(window: int) -> None:
-        state[0] = validate_window(ctx, net.chain, store, window, cfg.validator.hotkey, state[0])
+        state[0] = validate_window(Direct(), cfg, window, state=state[0]).rated.state
 
     reports = run_network(net, 3, validate)
     assert [r.window for r in reports] == [0, 1, 2] and store.windows() == [0, 1]
@@ -86,7 +86,7 @@ def test_miners_model_is_bit_identical_to_the_validators(tmp_path: Path, prepare
     validate(2)
     miners = open_miners(net)
     for window in (1, 2, 3):
-        ours, theirs = load_file(miners.theta_path(window)), load_file(ctx.checkpoint_path(window))
+        ours, theirs = load_file(miners.theta_path(window)), load_file(checkpoint_path(cfg.validator.workdir, window))
         assert ours.keys() == theirs.keys()
         assert all(torch.equal(ours[n], theirs[n]) for n in ours), f"theta of window {window} differs"
     assert reports[2].gather is not None and reports[2].gather == list(state[0].gather_for(2))

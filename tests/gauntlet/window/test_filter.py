@@ -6,7 +6,7 @@ from collections import Counter
 
 from gauntlet.config import load_config
 from gauntlet.ratings import PeerState
-from gauntlet.window.evaluate import select_for_evaluation
+from gauntlet.window.filter import select_for_evaluation
 
 PAPER, OURS = load_config(preset="paper"), load_config()
 

@@ -1,0 +1,43 @@
+"""Stage "rate": the window's outcome folded into the validator's state, then the weights.
+
+One OpenSkill match among the evaluated peers, final scores, penalties (gauntlet/ratings.py),
+power-normalised weights, and the next gather list scheduled (gauntlet/weights.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gauntlet.config import GauntletConfig
+from gauntlet.ratings import PeerRecord, ValidatorState, WindowOutcome, advance
+from gauntlet.verdicts import Verdict
+from gauntlet.weights import choose_gather, power_normalise, schedule_gather
+from gauntlet.window.evaluate import Evaluated
+from gauntlet.window.filter import Filtered
+
+
+@dataclass(frozen=True)
+class Rated:
+    """Result of stage "rate"."""
+
+    state: ValidatorState
+    """The validator's state after the window (what the next window starts from)."""
+    records: list[PeerRecord]
+    weights: dict[int, float]
+    verdicts: dict[int, Verdict]
+    """The window's final verdicts: stage 1's, replaced by stage 2's where scoring rejected a peer."""
+    first_seen: frozenset[int] = frozenset()
+    """Peers the validator had no state for before this window (their `*_before` are null)."""
+
+
+def run(cfg: GauntletConfig, window: int, state: ValidatorState, filtered: Filtered, evaluated: Evaluated) -> Rated:
+    verdicts = {**filtered.verdicts, **evaluated.verdicts}
+    outcome = WindowOutcome(
+        window=window, verdicts=verdicts, scores=evaluated.scores,
+        sync_scores=filtered.sync, copy_actions={u: f.action for u, f in filtered.copies.items()},
+    )
+    new_state, records = advance(state, outcome, cfg)
+    weights = power_normalise({r.state.uid: r.state.final_score for r in records}, cfg.weights)
+    gather = choose_gather(weights, new_state.peers, {u for u, v in verdicts.items() if v.ok}, cfg.aggregation)
+    new_state = schedule_gather(new_state, window, gather, cfg.chain, cfg.aggregation)
+    return Rated(new_state, records, weights, verdicts, frozenset(set(verdicts) - set(state.peers)))

@@ -1,0 +1,87 @@
+"""A validator killed in the middle of a window: on restart the window is redone, every audit row
+exists once, weights went to the chain once, and the ratings equal an uninterrupted run's.
+
+The validator runs as a real subprocess (`gauntlet validate`, the Prefect flow) and is sent
+SIGKILL at two points: while it fetches and scores (the archive exists) and right after it
+recorded its intent to set weights (the weights journal exists).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gauntlet.audit.store import AuditStore
+from gauntlet.localnet.network import load_network
+from gauntlet.localnet.simulate import run_network
+from gauntlet.window.pipeline import Direct, validate_window
+from tests.flows.conftest import make_network
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+ROSTER = ["honest"] * 4 + ["copycat", "late"]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _start(folder: Path, window: int) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "flows.cli", "validate", "--network", str(folder), "--window", str(window)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _kill_when(proc: subprocess.Popen, path: Path, timeout_s: float = 240.0) -> bool:
+    """SIGKILL the validator as soon as `path` exists; False if it finished first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.exists():
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.02)
+    proc.kill()
+    raise TimeoutError(f"{path} never appeared: {proc.stderr.read().decode()[-2000:]}")
+
+
+@pytest.fixture(scope="module")
+def networks(tmp_path_factory, prepared_data):
+    """One mined network and an identical copy of it (same chain ledger, same buckets)."""
+    base = tmp_path_factory.mktemp("kill")
+    net = make_network(base / "killed", prepared_data, ROSTER)
+    run_network(net, 4, None)  # windows 0 and 1 are ready, nobody validated yet
+    shutil.copytree(net.folder, base / "calm", symlinks=True)
+    config = base / "calm" / "config.toml"  # its own ledger, audit root and workdir; the same buckets
+    config.write_text(config.read_text().replace(str(net.folder), str(base / "calm")))
+    calm = load_network(base / "calm")
+    for window in (0, 1):  # the uninterrupted reference
+        validate_window(Direct(), calm.config, window)
+    return net, calm
+
+
+def test_killed_mid_window_redoes_it_with_no_row_lost_or_doubled(networks):
+    net, calm = networks
+    cfg, work = net.config, Path(net.config.validator.workdir)
+    killed_at = [_kill_when(_start(net.folder, 0), work / "archive" / f"{0:08d}"),
+                 _kill_when(_start(net.folder, 0), work / "weights-journal" / f"{0:08d}.json")]
+    assert any(killed_at), "the validator finished before it could be killed"
+    assert not AuditStore(cfg.audit.root).has_window(0)  # nothing half-written is visible
+    for window in (0, 1):
+        restarted = _start(net.folder, window)
+        assert restarted.wait(timeout=300) == 0, restarted.stderr.read().decode()[-3000:]
+    store, reference = AuditStore(cfg.audit.root), AuditStore(calm.config.audit.root)
+    assert store.windows() == reference.windows() == [0, 1]
+    for window in (0, 1):
+        for table in ("verdicts", "scores", "ratings"):
+            ours, theirs = store.read(table, window_id=window), reference.read(table, window_id=window)
+            assert ours.height == theirs.height and ours.equals(theirs), (table, window)
+        ours, theirs = (s.read("weights", window_id=window).select("uid", "weight") for s in (store, reference))
+        assert ours.equals(theirs)
+    sent = net.chain.weights_history(hotkey=cfg.validator.hotkey)
+    assert len(sent) == 2, f"weights were sent {len(sent)} times for 2 windows"
