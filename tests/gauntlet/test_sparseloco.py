@@ -9,6 +9,7 @@ import pytest
 import safetensors.torch
 import torch
 
+from gauntlet.aggregation import aggregate
 from gauntlet.codec import _to_chunks
 from gauntlet.sparseloco import (
     EF_DECAY,
@@ -321,6 +322,28 @@ def test_error_feedback_recurrence() -> None:
     lhs = buffers["w"] + sum(w * s for w, s in zip(weights, sent, strict=True))
     torch.testing.assert_close(lhs, sum(w * d for w, d in zip(weights, deltas, strict=True)), rtol=0, atol=1e-5)
     assert buffers["w"].abs().max() > 0.1  # the buffer holds a real residual, not zero
+
+
+def test_defaults_are_the_reference_settings() -> None:
+    """templar v2.1.28 hparams: topk_compression 64, target_chunk 64, quantization_bins 4,
+    quantization_range 6, momentum_decay 0.95; every validator must agree on them."""
+    codec = SparseLoCoCodec()
+    assert (codec.chunk, codec.topk, codec.bins, codec.range_sigmas, codec.ef_decay, codec.bits) == \
+        (64, 64, 4, 6.0, 0.95, 2)
+    assert codec.kind == "sparseloco"
+    assert codec.payload_shapes((4096, 128)) == {"idx": ("U8", (128 * 64 * 3 // 2,)),
+                                                  "codes": ("U8", (128 * 64 // 4,)), "qparams": ("F32", (6,))}
+
+
+def test_aggregation_takes_the_codec_in_place_of_the_dct_one() -> None:
+    codec, shapes = SparseLoCoCodec(chunk=64, topk=8), {"w": (64, 128), "b": (100,)}
+    peers = [codec.encode_all({n: _rand(s, seed=60 + p) for n, s in shapes.items()}) for p in range(3)]
+    delta = aggregate(codec, peers, shapes)
+    for name, shape in shapes.items():
+        unit = [(i, v / torch.linalg.vector_norm(v)) for i, v in (peer[name] for peer in peers)]
+        expected = codec.decode_mean(torch.stack([i for i, _ in unit]), torch.stack([v for _, v in unit]), shape)
+        torch.testing.assert_close(delta[name], expected, rtol=1e-6, atol=1e-7)
+        assert int((delta[name] != 0).sum()) >= 8 * codec.layout(shape).n_chunks
 
 
 def test_constructor_refuses_settings_the_format_cannot_hold() -> None:
