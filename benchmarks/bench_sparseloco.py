@@ -12,7 +12,8 @@ settings) times the window's learning rate. Figures:
   default) separates the cost of top-k from the cost of 2-bit values;
 - steady state: WINDOWS windows on fresh pages with each codec's own memory (DCT: the miner's
   momentum 0.999 with error feedback; SparseLoCo: error feedback with decay 0.95), then the same
-  cosines against the buffer the last window compressed and against that window's own gradient.
+  cosines against the buffer the last window compressed and against that window's own gradient;
+- the index overlap of honest peers (window 0, six uids), which the copy thresholds act on.
 
 Run: `.venv/bin/python -m benchmarks.bench_sparseloco` (a minute on one CPU thread).
 """
@@ -38,6 +39,7 @@ from gauntlet.prepare import prepare
 from gauntlet.schedule import lr_at
 from gauntlet.sparseloco import SparseLoCoCodec
 from gauntlet.submission import write_submission
+from gauntlet.uniqueness import overlap_matrix
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -46,6 +48,7 @@ RESULTS = HERE / "results" / "sparseloco.json"
 WINDOWS = 8
 """Past the local network's error_feedback_after (5), so the DCT miner's error feedback is on too."""
 UID = 3
+OVERLAP_UIDS = (0, 1, 2, 3, 4, 5)
 
 
 def _cos(a: Tensor, b: Tensor) -> float:
@@ -140,6 +143,21 @@ def _steady_state(cfg: GauntletConfig, updates: list[dict[str, Tensor]]) -> dict
                                       "vs_window_update": _cosines(sl_dec, updates[-1])}}
 
 
+def _overlaps(cfg: GauntletConfig, tok: object, corpus: Corpus, model: torch.nn.Module) -> dict:
+    """Index overlap between honest peers' window-0 updates, what the copy thresholds act on."""
+    updates = {}
+    for uid in OVERLAP_UIDS:
+        grad = mean_gradient(model, page_batches(corpus, tok, own_pages(uid, 0, corpus, cfg), cfg.data))
+        updates[uid] = {n: lr_at(0, cfg.schedule) * g for n, g in grad.items()}
+    out = {"peers": len(OVERLAP_UIDS)}
+    for label, codec in (("dct_top32", DCTCodec(64, 32)), ("sparseloco_top64_2bit", SparseLoCoCodec(64, 64))):
+        _, overlap = overlap_matrix({u: codec.encode_all(upd) for u, upd in updates.items()})
+        pairs = overlap[~torch.eye(len(OVERLAP_UIDS), dtype=torch.bool)]
+        out[label] = {"min": round(float(pairs.min()), 4), "median": round(float(pairs.median()), 4),
+                      "max": round(float(pairs.max()), 4)}
+    return out
+
+
 def main() -> dict:
     torch.set_num_threads(1)
     cfg, tok, corpus, model = _setup()
@@ -147,7 +165,8 @@ def main() -> dict:
     result = {"model": "tiny", "parameters": sum(u.numel() for u in updates[0].values()),
               "tensors": len(updates[0]), "uid": UID,
               "first_window": _first_window(cfg, model, updates[0], len(tok)),
-              "steady_state": _steady_state(cfg, updates)}
+              "steady_state": _steady_state(cfg, updates),
+              "honest_index_overlap": _overlaps(cfg, tok, corpus, model)}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     return result
