@@ -15,7 +15,7 @@ import os
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -209,7 +209,7 @@ class RulesConfig(_Section):
     """The match score of a missing or invalid file (hparams `missing_gradient_penalty_score`)."""
     escalating_missing: bool = False
     """Missing cut grows with consecutive misses (`missing_cuts`) instead of `penalty.missing`."""
-    missing_cuts: tuple[float, ...] = Field((0.75, 0.5, 0.0), min_length=1)
+    missing_cuts: tuple[Annotated[float, Field(ge=0, le=1)], ...] = Field((0.75, 0.5, 0.0), min_length=1)
     """Cut of the 1st, 2nd, ... consecutive miss; the last value applies to every later miss."""
     gather_success_floor: float = Field(0.4, ge=0, le=1)
     """A window whose gather success rate is under this cuts every missing peer x0."""

@@ -103,7 +103,8 @@ def excluded_from_gather(tracker: RuleTracker, cfg: RulesConfig) -> str | None:
     return f"excluded from gather: {tracker.consecutive_negatives} negative evaluations in a row"
 
 
-def floored_average(moving_average: float, window: int, start_window: int, cfg: RulesConfig) -> tuple[float, str | None]:
+def floored_average(moving_average: float, window: int, start_window: int,
+                    cfg: RulesConfig) -> tuple[float, str | None]:
     """max(0, B), or 0 once the network is `floor_after` windows old and B < `floor` (reference:
     `Validator.update_openskill_ratings`, `bma_threshold` after `bma_warmup_windows`)."""
     bma = max(0.0, moving_average)

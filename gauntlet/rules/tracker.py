@@ -28,7 +28,8 @@ class RuleTracker:
 
     def __post_init__(self) -> None:
         if self.consecutive_misses < 0 or self.consecutive_negatives < 0:
-            raise ValueError(f"tracker counts must be >= 0, got {self.consecutive_misses}, {self.consecutive_negatives}")
+            raise ValueError(
+                f"tracker counts must be >= 0, got {self.consecutive_misses}, {self.consecutive_negatives}")
 
     def to_row(self) -> dict[str, object]:
         """The tracker's columns of a `ratings` row (lists, as Arrow stores them)."""

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from gauntlet.audit.store import AuditStore
-from gauntlet.config import load_config, with_overrides
+from gauntlet.config import ConfigError, load_config, with_overrides
 from gauntlet.filter import sync_score, sync_verdict
 from gauntlet.ratings import PeerScore, PeerState, ValidatorState, WindowOutcome, advance
 from gauntlet.rules.penalties import gather_success_rate, skip_negative_penalties
@@ -294,3 +294,8 @@ def test_all_rules_are_off_outside_the_templar_preset():
         rules = load_config(preset=preset).rules
         assert not any(v for k, v in rules.model_dump().items() if isinstance(v, bool))
         assert rules.weight_scheme == "power" and rules.zero_below == 0.0 and rules.burn_share == 0.0
+
+
+def test_a_cut_outside_zero_to_one_is_refused_with_its_field():
+    with pytest.raises(ConfigError, match="rules.missing_cuts"):
+        load_config(preset="templar-2026", overrides=["rules.missing_cuts=[0.5, 2.0]"])
