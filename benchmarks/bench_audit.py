@@ -100,7 +100,12 @@ def synthetic(window: int, rng: np.random.Generator, config_json: str) -> dict[s
             "penalties": [[] if r == "ok" else [f"{r} x0.75"] for r in reason],
             "inactive_windows": np.where(present, 0, 1), "last_evaluated_window": opt(np.full(PEERS, window), s),
             "banned_until": opt(np.full(PEERS, window + 200), reason == "copied"), "rated_in_match": s,
-            "mu_before": mu - 0.1, "sigma_before": sigma + 0.01, "final_score_before": final}),
+            "mu_before": mu - 0.1, "sigma_before": sigma + 0.01, "final_score_before": final,
+            "miss_history": pl.Series([[]] * PEERS, dtype=pl.List(pl.Boolean)),
+            "consecutive_misses": np.zeros(PEERS, dtype=np.int64),
+            "negative_history": pl.Series([[]] * PEERS, dtype=pl.List(pl.Boolean)),
+            "consecutive_negatives": np.zeros(PEERS, dtype=np.int64),
+            "rules_fired": pl.Series([[]] * PEERS, dtype=pl.List(pl.String))}),
         "weights": pl.DataFrame({
             "uid": uid, "weight": weight, "set_on_chain": np.full(PEERS, due),
             "set_at_block": pl.Series([8 * window + 17 if due else None] * PEERS, dtype=pl.Int64),
@@ -113,7 +118,7 @@ def synthetic(window: int, rng: np.random.Generator, config_json: str) -> dict[s
         "checkpoint_before": f"{window:064x}", "checkpoint_after": f"{window + 1:064x}",
         "validator_version": "0.1.0", "validator_hotkey": "5Bench", "gather_uids": list(range(15)),
         "gather_schedule_json": "[]", "plan_json": "{}", "lr": 4e-4, "timings_json": "{}",
-        "created_at": datetime.now(UTC)}])
+        "created_at": datetime.now(UTC), "internal_errors": 0}])
     return frames
 
 

@@ -15,11 +15,11 @@ import os
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-PRESETS = ("paper", "default")
+PRESETS = ("paper", "default", "templar-2026")
 ENV_PREFIX = "GAUNTLET_"
 
 
@@ -196,8 +196,77 @@ class ValidatorConfig(_Section):
     """The validator's hotkey (ss58 address on a bittensor chain; a name on the local ledger)."""
 
 
+class RulesConfig(_Section):
+    """The reference's later rules (templar v2.1.28, 2026-01): all off by default, all on in `templar-2026`.
+
+    Read from `neurons/validator.py` and `hparams/hparams.json` of one-covenant/templar; each rule's
+    function in `gauntlet/rules2026.py` names the reference function it follows.
+    """
+
+    missing_in_match: bool = False
+    """Missing or invalid files enter the OpenSkill match ranked with `missing_score`."""
+    missing_score: float = -99.0
+    """The match score of a missing or invalid file (hparams `missing_gradient_penalty_score`)."""
+    escalating_missing: bool = False
+    """Missing cut grows with consecutive misses (`missing_cuts`) instead of `penalty.missing`."""
+    missing_cuts: tuple[Annotated[float, Field(ge=0, le=1)], ...] = Field((0.75, 0.5, 0.0), min_length=1)
+    """Cut of the 1st, 2nd, ... consecutive miss; the last value applies to every later miss."""
+    gather_success_floor: float = Field(0.4, ge=0, le=1)
+    """A window whose gather success rate is under this cuts every missing peer x0."""
+    naughty: bool = False
+    """Missing in `naughty_ratio` of the last `miss_history` windows bars the peer `naughty_windows`."""
+    miss_history: int = Field(8, ge=1)
+    """Windows of missing-file history kept per peer."""
+    naughty_ratio: float = Field(0.5, ge=0, le=1)
+    """Share of missing windows (>=) in a full history that puts a peer on the naughty list."""
+    naughty_windows: int = Field(20, ge=0)
+    """Windows a naughty peer is barred for (hparams-free constant `naughty_peer_timeout`)."""
+    reset_barred: bool = False
+    """A barred peer (naughty or copy ban) has its rating and trackers reset every window."""
+    negative_cut: bool = False
+    """More than `negative_ratio` negative in the last `negative_history` evaluations: F, B x`negative_factor`."""
+    negative_history: int = Field(8, ge=1)
+    """Evaluations of history the negative cut looks at (it needs a full history)."""
+    negative_ratio: float = Field(0.5, ge=0, le=1)
+    """Share of negative evaluations (strictly more) that triggers the cut."""
+    negative_factor: float = Field(0.25, ge=0, le=1)
+    """The negative cut's multiplier."""
+    skip_rank: int = Field(5, ge=1)
+    """No negative cut in a window whose `skip_rank`-th ranked match score is itself negative."""
+    exclude_negative: bool = False
+    """`negative_streak` negative evaluations in a row exclude a peer from gather until a positive."""
+    negative_streak: int = Field(3, ge=1)
+    """Consecutive negative evaluations that exclude a peer (hparams `consecutive_negative_threshold`)."""
+    uniqueness_floor: bool = False
+    """After `floor_after` windows of the network, B under `floor` makes the final score 0."""
+    floor: float = Field(0.10, ge=0)
+    """hparams `bma_threshold`."""
+    floor_after: int = Field(10, ge=0)
+    """hparams `bma_warmup_windows`, counted from chain.start_window."""
+    zero_below: float = Field(0.0, ge=0)
+    """A final score cut under this becomes 0 (reference `score_zero_threshold` 1e-4); 0 = off."""
+    sync_iqm: bool = False
+    """Steps behind as the interquartile mean of |delta theta| / EMA(param change) (rules2026.steps_behind_iqm)."""
+    sync_ema_alpha: float = Field(0.2, gt=0, le=1)
+    """EMA weight of the newest change of each probed parameter (reference `param_change_alpha`)."""
+    weight_scheme: Literal["power", "ramp"] = "power"
+    """`power`: F ** p normalised (paper); `ramp`: top gather peers on a linear ramp plus a decaying tail."""
+    gather_share: float = Field(0.75, ge=0, le=1)
+    """Share of the unburned weight paid to the top `aggregation.gather_size` peers."""
+    top_ratio: float = Field(2.0, ge=1)
+    """Ratio of the first to the last gather peer's weight on the linear ramp."""
+    reserve_count: int = Field(10, ge=0)
+    """Peers after the gather peers paid from the rest of the unburned weight."""
+    reserve_decay: float = Field(0.5, gt=0, le=1)
+    """Geometric decay of the reserve peers' weights."""
+    burn_share: float = Field(0.0, ge=0, le=1)
+    """Share of the weight set on `burn_uid` (a subnet-owner policy; the reference burned 0.5 to uid 1)."""
+    burn_uid: int = Field(0, ge=0)
+    """The uid that receives `burn_share`."""
+
+
 class GauntletConfig(_Section):
-    preset: Literal["paper", "default"] = "default"
+    preset: Literal["paper", "default", "templar-2026"] = "default"
     chain: ChainConfig = ChainConfig()
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -214,6 +283,7 @@ class GauntletConfig(_Section):
     audit: AuditConfig = AuditConfig()
     validator: ValidatorConfig = ValidatorConfig()
     scaleout: ScaleoutConfig = ScaleoutConfig()
+    rules: RulesConfig = RulesConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> GauntletConfig:
@@ -250,6 +320,21 @@ _PRESET_VALUES: dict[str, dict[str, Any]] = {
     "default": {
         "scoring": {"policy": "all", "seed_source": "chain", "shared_random_batches": True},
         "uniqueness": {"own_margin": 0.2},
+    },
+    # The reference as it last ran (one-covenant/templar v2.1.28, hparams/hparams.json): the
+    # paper's choices where unchanged, its later rules on. Burn share stays 0 (owner policy).
+    "templar-2026": {
+        "scoring": {"policy": "sample", "peers_per_window": 20, "seed_source": "fixed",
+                    "shared_random_batches": False},
+        "uniqueness": {"own_margin": 0.0, "ban_windows": 20},
+        "filter": {"sync_cap_steps": 3.0, "sync_max_steps": 2.0},
+        "aggregation": {"gather_size": 20, "refresh_every": 2},
+        "weights": {"set_interval": 3},
+        "rules": {
+            "missing_in_match": True, "escalating_missing": True, "naughty": True, "reset_barred": True,
+            "negative_cut": True, "exclude_negative": True, "uniqueness_floor": True,
+            "zero_below": 1e-4, "sync_iqm": True, "weight_scheme": "ramp",
+        },
     },
 }
 

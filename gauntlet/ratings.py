@@ -15,6 +15,12 @@ Penalty rules (GAUNTLET.md "Ratings and the final score"); penalties multiply po
   ``F = 0``; ``ban`` -> ``F = 0`` and barred for ``ban_windows``.
 - validator or infrastructure faults: nothing (ours). An internal error while handling the
   peer's data (window/guard.py): no cut, but the window counts towards the inactivity clock.
+
+The reference's later rules (`cfg.rules`, all off unless the `templar-2026` preset) hook in at
+three points, each in a helper below: before the match (bars, missing-file history, escalating
+cuts, the missing files' place in the match), in the final score (uniqueness floor), and after
+every penalty of the window (negative evaluations). With every rule off, `advance` computes
+exactly what it did without them. What fired is kept per peer in `PeerRecord.rules_fired`.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from dataclasses import asdict, dataclass, field, replace
 from openskill.models import PlackettLuce
 
 from gauntlet.config import GauntletConfig, RatingConfig
+from gauntlet.rules import penalties as rules
+from gauntlet.rules.tracker import RuleTracker, record_evaluation, record_file
 from gauntlet.verdicts import INVALID_FILE, Reason, Verdict
 
 _MISSING = frozenset({Reason.MISSING, Reason.TOO_EARLY, Reason.TOO_LATE})
@@ -42,6 +50,8 @@ class PeerState:
     inactive_windows: int = 0
     last_evaluated_window: int | None = None
     banned_until: int | None = None
+    tracker: RuleTracker = RuleTracker()
+    """Memory of the 2026 rules (histories of missing files and negative evaluations)."""
 
     @property
     def ordinal(self) -> float:
@@ -54,8 +64,9 @@ class PeerState:
     @staticmethod
     def from_row(row: Mapping[str, object]) -> PeerState:
         """Rebuild from a `ratings` audit row (the state after a window)."""
-        names = PeerState.__dataclass_fields__
-        return PeerState(**{k: row[k] for k in names if k in row})  # type: ignore[arg-type]
+        names = set(PeerState.__dataclass_fields__) - {"tracker"}
+        values = {k: row[k] for k in names if k in row}
+        return PeerState(**values, tracker=RuleTracker.from_row(row))  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -96,6 +107,9 @@ class WindowOutcome:
     sync_scores: Mapping[int, float]
     copy_actions: Mapping[int, str] = field(default_factory=dict)
     """uid -> "halve" | "reset" | "identical" | "ban" (from uniqueness.find_copies)."""
+    gather_success: float | None = None
+    """Share of the window's gather set whose file arrived; None: computed from the gather set in
+    force and the verdicts (rules.gather_success_rate). Only the 2026 missing-file cut reads it."""
 
 
 @dataclass(frozen=True)
@@ -106,10 +120,14 @@ class PeerRecord:
     before: PeerState
     rated_in_match: bool
     penalties: tuple[str, ...]
+    rules_fired: tuple[str, ...] = ()
+    """The 2026 rules that fired for this peer in the window, in words (for `gauntlet explain`)."""
 
     def row(self, window: int) -> dict[str, object]:
-        out: dict[str, object] = {"window_id": window, **asdict(self.state)}
+        state = {k: v for k, v in asdict(self.state).items() if k != "tracker"}
+        out: dict[str, object] = {"window_id": window, **state, **self.state.tracker.to_row()}
         out.update(
+            rules_fired=list(self.rules_fired),
             ordinal=self.state.ordinal,
             penalties=list(self.penalties),
             rated_in_match=self.rated_in_match,
@@ -152,24 +170,28 @@ def _shrink(value: float, factor: float) -> float:
 
 
 def _penalise(peer: PeerState, verdict: Verdict | None, copy_action: str | None, window: int,
-              cfg: GauntletConfig) -> tuple[PeerState, list[str]]:
-    """Apply this window's penalties to a peer whose match result is already in."""
+              cfg: GauntletConfig, cut: float | None = None) -> tuple[PeerState, list[str]]:
+    """Apply this window's penalties to a peer whose match result is already in.
+
+    `cut`: the 2026 rules' factor for a missing or invalid file, in place of `penalty.missing`.
+    """
     notes: list[str] = []
     p = cfg.penalty
+    missing = p.missing if cut is None else cut
     reason = verdict.reason if verdict else None
     if reason in _MISSING:
-        peer = replace(peer, final_score=_shrink(peer.final_score, p.missing),
-                       moving_average=_shrink(peer.moving_average, p.missing),
+        peer = replace(peer, final_score=_shrink(peer.final_score, missing),
+                       moving_average=_shrink(peer.moving_average, missing),
                        inactive_windows=peer.inactive_windows + 1)
-        notes.append(f"{reason} x{p.missing}")
+        notes.append(f"{reason} x{missing}")
     elif reason is Reason.INTERNAL_ERROR:  # our fault: no cut, but unverified work is not activity
         peer = replace(peer, inactive_windows=peer.inactive_windows + 1)
         notes.append("internal error: no penalty (the validator's fault), counts as inactive")
     elif reason is not None:
         peer = replace(peer, inactive_windows=0)
     if reason in INVALID_FILE:
-        peer = replace(peer, final_score=0.0, moving_average=_shrink(peer.moving_average, p.missing))
-        notes.append(f"{reason}: final score reset, B x{p.missing}")
+        peer = replace(peer, final_score=0.0, moving_average=_shrink(peer.moving_average, missing))
+        notes.append(f"{reason}: final score reset, B x{missing}")
     if reason is Reason.DESYNCED:
         peer = replace(peer, final_score=_shrink(peer.final_score, p.desynced),
                        moving_average=_shrink(peer.moving_average, p.desynced))
@@ -185,34 +207,118 @@ def _penalise(peer: PeerState, verdict: Verdict | None, copy_action: str | None,
         notes.append(f"barred until window {window + cfg.uniqueness.ban_windows}")
     if reason is Reason.BANNED:
         peer = replace(peer, final_score=0.0)
+    if cut is not None:
+        peer = replace(peer, final_score=rules.zero_small(peer.final_score, cfg.rules))
     return peer, notes
 
 
-def _final_score(peer: PeerState) -> float:
-    return peer.ordinal * max(0.0, peer.moving_average) * peer.sync_score
+def _final_score(peer: PeerState, window: int, cfg: GauntletConfig, fired: list[str]) -> float:
+    bma, why = rules.floored_average(peer.moving_average, window, cfg.chain.start_window, cfg.rules)
+    if why:
+        fired.append(why)
+    return peer.ordinal * bma * peer.sync_score
+
+
+def _files_before_match(peers: dict[int, PeerState], outcome: WindowOutcome, state: ValidatorState,
+                        match: dict[int, float], fired: dict[int, list[str]], cfg: GauntletConfig) -> dict[int, float]:
+    """Bars, missing-file history, naughty list and escalating cuts; missing files join the match.
+
+    Runs before the match, as the reference's `slash_from_overlap` and `slash_for_missing_gradients`
+    ran before its evaluations, so a naughty peer reset here is rated afresh at the penalty score.
+    Updates `peers` and `match` in place; returns each missing peer's cut for `_penalise`.
+    """
+    r, window, cuts = cfg.rules, outcome.window, {}
+    success = outcome.gather_success
+    if success is None:
+        success = rules.gather_success_rate(state.gather_for(window), outcome.verdicts)
+    for uid in sorted(outcome.verdicts):
+        peer = peers[uid]
+        if r.reset_barred and is_banned(peer, window):
+            peers[uid] = replace(PeerState.new(uid, cfg.rating), banned_until=peer.banned_until)
+            fired[uid].append(f"barred until window {peer.banned_until}: rating and histories reset")
+            continue
+        event = rules.file_event(outcome.verdicts[uid])
+        if event is None or not (r.naughty or r.escalating_missing):
+            if event and r.missing_in_match:
+                match[uid] = r.missing_score
+            continue
+        peer = replace(peer, tracker=record_file(peer.tracker, event, r))
+        why = rules.naughty(peer.tracker, r) if event else None
+        if why:
+            until = window + 1 + r.naughty_windows
+            reset = peer.final_score > 0
+            peer = replace(PeerState.new(uid, cfg.rating) if reset else peer, banned_until=until)
+            fired[uid].append(why + (": positive score reset" if reset else ""))
+            cuts[uid] = 1.0
+        elif event and r.escalating_missing:
+            cuts[uid], phrase = rules.missing_cut(peer.tracker, success, r)
+            fired[uid].append(phrase)
+        if event and r.missing_in_match:
+            match[uid] = r.missing_score
+        peers[uid] = peer
+    return cuts
+
+
+def _negatives_after(peers: dict[int, PeerState], outcome: WindowOutcome, match: Mapping[int, float],
+                     fired: dict[int, list[str]], cfg: GauntletConfig) -> None:
+    """Negative-evaluation history, cut and gather exclusion, once the whole window is scored.
+
+    Like the reference's `apply_negative_evaluation_penalties`, the cut looks at every peer with a
+    history, not only this window's: a peer not evaluated again is cut again each window (the
+    compounding noted in REFERENCE-2026.md 1.10, kept so replays match what it paid).
+    """
+    r = cfg.rules
+    for uid, score in outcome.scores.items():
+        peer = peers[uid]
+        was_out = rules.excluded_from_gather(peer.tracker, r)
+        peers[uid] = replace(peer, tracker=record_evaluation(peer.tracker, score.gradient_score, r))
+        if was_out and not rules.excluded_from_gather(peers[uid].tracker, r):
+            fired[uid].append("back in the gather set: positive evaluation")
+    skip = rules.skip_negative_penalties(match, r)
+    for uid, peer in peers.items():
+        why = rules.negative_cut(peer.tracker, r)
+        if why and skip:
+            fired[uid].append(f"not applied ({why}): the window's rank-{r.skip_rank} score is negative")
+        elif why and peer.final_score > 0:
+            factor = r.negative_factor
+            peers[uid] = replace(peer, final_score=rules.zero_small(peer.final_score * factor, r),
+                                 moving_average=_shrink(peer.moving_average, factor))
+            fired[uid].append(why)
+        excluded = rules.excluded_from_gather(peers[uid].tracker, r)
+        if excluded:
+            fired[uid].append(excluded)
 
 
 def advance(state: ValidatorState, outcome: WindowOutcome, cfg: GauntletConfig) -> tuple[ValidatorState, list[PeerRecord]]:
     """The state after one window, and one record per known peer (for the audit tables)."""
-    window = outcome.window
+    window, r = outcome.window, cfg.rules
     before = {u: state.peer(u, cfg.rating) for u in set(state.peers) | set(outcome.verdicts)}
     peers = dict(before)
+    fired: dict[int, list[str]] = {u: [] for u in peers}
     for uid, score in outcome.scores.items():
         b = update_moving_average(peers[uid].moving_average, score.indicator, cfg.uniqueness.ema)
         peers[uid] = replace(peers[uid], moving_average=b, last_evaluated_window=window)
     for uid, sync in outcome.sync_scores.items():
         peers[uid] = replace(peers[uid], sync_score=sync)
-    matched = play_match(peers, {u: s.gradient_score for u, s in outcome.scores.items()}, cfg.rating)
+    match = {u: s.gradient_score for u, s in outcome.scores.items()}
+    cuts = _files_before_match(peers, outcome, state, match, fired, cfg)
+    matched = play_match(peers, match, cfg.rating)
     for uid, rated in matched.items():
-        peers[uid] = replace(rated, final_score=_final_score(rated))
+        peers[uid] = replace(rated, final_score=_final_score(rated, window, cfg, fired[uid]))
+    notes: dict[int, list[str]] = {}
+    for uid in sorted(peers):
+        verdict, copy = outcome.verdicts.get(uid), outcome.copy_actions.get(uid)
+        peers[uid], notes[uid] = _penalise(peers[uid], verdict, copy, window, cfg, cuts.get(uid))
+    if r.negative_cut or r.exclude_negative:
+        _negatives_after(peers, outcome, match, fired, cfg)
     records: list[PeerRecord] = []
     next_peers: dict[int, PeerState] = {}
     for uid in sorted(peers):
-        peer, notes = _penalise(peers[uid], outcome.verdicts.get(uid), outcome.copy_actions.get(uid), window, cfg)
+        peer = peers[uid]
         if peer.inactive_windows >= cfg.penalty.reset_after:
             peer = PeerState.new(uid, cfg.rating)
-            notes.append(f"inactive {cfg.penalty.reset_after} windows: rating deleted")
-        records.append(PeerRecord(peer, before[uid], uid in matched, tuple(notes)))
+            notes[uid].append(f"inactive {cfg.penalty.reset_after} windows: rating deleted")
+        records.append(PeerRecord(peer, before[uid], uid in matched, tuple(notes[uid]), tuple(fired[uid])))
         next_peers[uid] = peer
     return replace(state, last_window=window, peers=next_peers), records
 

@@ -108,6 +108,20 @@ _SPECS: dict[str, list[Column]] = {
         ("mu_before", pa.float64(), True, "mu before this window; null for a peer seen for the first time"),
         ("sigma_before", pa.float64(), True, "sigma before this window; null for a new peer"),
         ("final_score_before", pa.float64(), True, "F before this window; null for a new peer"),
+        ("miss_history", pa.list_(pa.bool_()), False,
+         "templar-2026 rules: the last rules.miss_history windows the peer owed a file, oldest first, "
+         "true = missing or invalid; empty while those rules are off"),
+        ("consecutive_misses", pa.int64(), False,
+         "templar-2026 rules: missing or invalid files in a row (sets the escalating cut); 0 while off"),
+        ("negative_history", pa.list_(pa.bool_()), False,
+         "templar-2026 rules: the last rules.negative_history evaluations, oldest first, true = negative "
+         "gradient score; empty while those rules are off"),
+        ("consecutive_negatives", pa.int64(), False,
+         "templar-2026 rules: negative evaluations in a row; at rules.negative_streak the peer is "
+         "excluded from the gather set until a positive one; 0 while off"),
+        ("rules_fired", pa.list_(pa.string()), False,
+         "templar-2026 rules that fired for the peer this window, in words, e.g. "
+         "[\"cut x0.5: second missing file in a row\"]; empty if none"),
     ],
     "weights": [
         WINDOW_ID,

@@ -1,7 +1,8 @@
 """Stage "rate": the window's outcome folded into the validator's state, then the weights.
 
 One OpenSkill match among the evaluated peers, final scores, penalties (gauntlet/ratings.py),
-power-normalised weights, and the next gather list scheduled (gauntlet/weights.py).
+weights (power-normalised, or the 2026 ramp), and the next gather list scheduled
+(gauntlet/weights.py).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from gauntlet.config import GauntletConfig
 from gauntlet.ratings import PeerRecord, ValidatorState, WindowOutcome, advance
 from gauntlet.verdicts import Verdict
-from gauntlet.weights import choose_gather, power_normalise, schedule_gather
+from gauntlet.weights import choose_gather, compute_weights, gather_exclusions, schedule_gather
 from gauntlet.window.evaluate import Evaluated
 from gauntlet.window.filter import Filtered
 
@@ -37,7 +38,8 @@ def run(cfg: GauntletConfig, window: int, state: ValidatorState, filtered: Filte
         sync_scores=filtered.sync, copy_actions={u: f.action for u, f in filtered.copies.items()},
     )
     new_state, records = advance(state, outcome, cfg)
-    weights = power_normalise({r.state.uid: r.state.final_score for r in records}, cfg.weights)
-    gather = choose_gather(weights, new_state.peers, {u for u, v in verdicts.items() if v.ok}, cfg.aggregation)
+    weights = compute_weights({r.state.uid: r.state.final_score for r in records}, cfg)
+    gather = choose_gather(weights, new_state.peers, {u for u, v in verdicts.items() if v.ok}, cfg.aggregation,
+                           excluded=gather_exclusions(new_state.peers, cfg.rules))
     new_state = schedule_gather(new_state, window, gather, cfg.chain, cfg.aggregation)
     return Rated(new_state, records, weights, verdicts, frozenset(set(verdicts) - set(state.peers)))

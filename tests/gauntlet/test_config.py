@@ -120,3 +120,37 @@ def test_config_imports_without_torch_or_prefect():
     code = ("import sys; sys.modules['torch'] = None; sys.modules['prefect'] = None; "
             "import gauntlet.config as c; c.load_config()")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# The reference as it last ran (one-covenant/templar v2.1.28, hparams.json and validator.py): the
+# values where `templar-2026` differs from the paper; everything else must equal the paper's.
+TEMPLAR_2026 = {
+    ("scoring", "peers_per_window"): 20,
+    ("uniqueness", "ban_windows"): 20,
+    ("filter", "sync_cap_steps"): 3.0,
+    ("filter", "sync_max_steps"): 2.0,
+    ("aggregation", "gather_size"): 20,
+    ("aggregation", "refresh_every"): 2,
+    ("weights", "set_interval"): 3,
+    ("rules", "missing_in_match"): True, ("rules", "missing_score"): -99.0,
+    ("rules", "escalating_missing"): True, ("rules", "missing_cuts"): (0.75, 0.5, 0.0),
+    ("rules", "gather_success_floor"): 0.4,
+    ("rules", "naughty"): True, ("rules", "miss_history"): 8, ("rules", "naughty_ratio"): 0.5,
+    ("rules", "naughty_windows"): 20, ("rules", "reset_barred"): True,
+    ("rules", "negative_cut"): True, ("rules", "negative_history"): 8, ("rules", "negative_ratio"): 0.5,
+    ("rules", "negative_factor"): 0.25, ("rules", "skip_rank"): 5,
+    ("rules", "exclude_negative"): True, ("rules", "negative_streak"): 3,
+    ("rules", "uniqueness_floor"): True, ("rules", "floor"): 0.10, ("rules", "floor_after"): 10,
+    ("rules", "zero_below"): 1e-4,
+    ("rules", "sync_iqm"): True, ("rules", "sync_ema_alpha"): 0.2,
+    ("rules", "weight_scheme"): "ramp", ("rules", "gather_share"): 0.75, ("rules", "top_ratio"): 2.0,
+    ("rules", "reserve_count"): 10, ("rules", "reserve_decay"): 0.5,
+    ("rules", "burn_share"): 0.0, ("rules", "burn_uid"): 0,
+}
+
+
+def test_templar_2026_preset_pins_the_last_reference_constants():
+    cfg = load_config(preset="templar-2026")
+    for (section, name), value in {**PAPER, **TEMPLAR_2026}.items():
+        assert getattr(getattr(cfg, section), name) == value, f"{section}.{name}"
+    assert cfg.preset == "templar-2026"

@@ -73,7 +73,9 @@ def _rating(window: int, uid: int, score: dict[str, Any] | None) -> dict[str, An
             "inactive_windows": window + 1 if uid == MISSING else 0,
             "last_evaluated_window": window if score else None,
             "banned_until": window + 200 if uid == COPYCAT else None, "rated_in_match": score is not None,
-            "mu_before": mu_before, "sigma_before": sigma_before, "final_score_before": final * 0.9}
+            "mu_before": mu_before, "sigma_before": sigma_before, "final_score_before": final * 0.9,
+            "miss_history": [], "consecutive_misses": 0, "negative_history": [], "consecutive_negatives": 0,
+            "rules_fired": []}
 
 
 def synthetic_window(window: int, *, lr: float = 4e-4) -> dict[str, list[dict[str, Any]]]:
