@@ -127,7 +127,7 @@ def apply_bans(verdicts: dict[int, Verdict], state: ValidatorState, window: int)
     for uid, verdict in verdicts.items():
         peer = state.peers.get(uid)
         if verdict.ok and is_banned(peer, window):
-            out[uid] = Verdict(uid, Reason.BANNED, f"barred for copying until window {peer.banned_until}",
+            out[uid] = Verdict(uid, Reason.BANNED, f"barred until window {peer.banned_until} (see its ratings row for why)",
                                stage="copy")
     return out
 
