@@ -139,7 +139,7 @@ def _validator(net: Network) -> tuple[ModelContext, dict]:
     windows = []
     for window in range(MINED - cfg.chain.validator_offset + 1):
         total, result = _timed(lambda: validate_window(Direct(), cfg, window, state=state))
-        state = result.rated.state
+        state = result.state
         row = store.read("windows", window_id=window).row(0, named=True)
         scored = store.read("scores", window_id=window)["gradient_score"].drop_nulls().len()
         stages = json.loads(row["timings_json"])

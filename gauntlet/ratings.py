@@ -77,6 +77,8 @@ class ValidatorState:
     peers: Mapping[int, PeerState] = field(default_factory=dict)
     gather_schedule: tuple[tuple[int, tuple[int, ...]], ...] = ()
     """(first window it applies to, uids) pairs, oldest first."""
+    sync_ema: str = ""
+    """The 2026 sync rule's EMA of the validator's parameter changes, as JSON ("" when unused)."""
 
     def peer(self, uid: int, cfg: RatingConfig) -> PeerState:
         return self.peers.get(uid) or PeerState.new(uid, cfg)

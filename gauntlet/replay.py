@@ -153,7 +153,7 @@ def replay_window(store: AuditStore, window: int, state: ValidatorState | None =
     report.weights_replayed = dict(done.rated.weights)
     if not overrides:
         compare(store, window, recorded_cfg, done, report)
-    return report, done.rated.state
+    return report, done.state
 
 
 def replay_range(store: AuditStore, first: int, last: int, overrides: Sequence[str] = (),

@@ -23,7 +23,8 @@ def restore_state(store: AuditStore, before_window: int | None = None) -> Valida
     peers = {int(r["uid"]): PeerState.from_row(r) for r in ratings.iter_rows(named=True)}
     row = store.read("windows", window_id=last).row(0, named=True)
     schedule = tuple((int(e), tuple(int(u) for u in uids)) for e, uids in json.loads(row["gather_schedule_json"]))
-    return ValidatorState(last_window=last, peers=peers, gather_schedule=schedule)
+    return ValidatorState(last_window=last, peers=peers, gather_schedule=schedule,
+                          sync_ema=row.get("sync_ema_json") or "")
 
 
 def restore(cfg: GauntletConfig, window: int) -> ValidatorState:

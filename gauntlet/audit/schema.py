@@ -49,6 +49,8 @@ _SPECS: dict[str, list[Column]] = {
         ("created_at", _TS, False, "when the window's audit rows were written (UTC)"),
         ("internal_errors", pa.int64(), False,
          "peers whose data raised an unexpected error in the validator (verdict internal_error; see window/guard.py)"),
+        ("sync_ema_json", pa.string(), True,
+         "the 2026 sync rule's EMA of each probed parameter's change after the step (JSON); null when off"),
     ],
     "submissions": [
         WINDOW_ID,

@@ -50,7 +50,7 @@ from gauntlet.window.publish import GATHER_KEY
 from gauntlet.window.context import model_spec, save_checkpoint
 from gauntlet.window.fetch import fetch_window
 from gauntlet.window.plan import plan_window
-from gauntlet.window.step import aggregation_set, apply_aggregate
+from gauntlet.window.step import advance_ema, aggregation_set, apply_aggregate
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +127,8 @@ class Miners:
         self.buckets: dict[int, Bucket] = {uid: network.bucket(uid) for uid in roster}
         self.first_window: int | None = None
         self.next_window: int | None = None
+        self.sync_ema = ""
+        """The 2026 sync rule's EMA, tracked as the validator tracks it (`step.advance_ema`)."""
         self._scratch: torch.nn.Module | None = None
         self._load()
 
@@ -147,6 +149,7 @@ class Miners:
             return
         data = json.loads(progress.read_text())
         self.first_window, self.next_window = int(data["first_window"]), int(data["next_window"])
+        self.sync_ema = str(data.get("sync_ema", ""))
         _copy_params(self.model, load_file(self.theta_path(self.next_window)))
         for uid, behaviour in self.behaviours.items():
             path = self.folder / "peers" / f"{uid}.safetensors"
@@ -166,7 +169,7 @@ class Miners:
             path = self.folder / "peers" / f"{uid}.safetensors"
             save_file({k: t.contiguous() for k, t in tensors.items()}, str(path) + ".partial", metadata=meta)
             os.replace(str(path) + ".partial", path)
-        progress = {"first_window": self.first_window, "next_window": self.next_window}
+        progress = {"first_window": self.first_window, "next_window": self.next_window, "sync_ema": self.sync_ema}
         (self.folder / "progress.partial").write_text(json.dumps(progress))
         os.replace(self.folder / "progress.partial", self.folder / "progress.json")
 
@@ -195,11 +198,12 @@ class Miners:
         theta = self.theta
         with tempfile.TemporaryDirectory(dir=self.folder, prefix="fetch-") as tmp:
             records = fetch_window(plan, Path(tmp), self.cfg)
-            checked, _ = check_window(plan, records, self.spec, theta, self.cfg)
+            checked, _ = check_window(plan, records, self.spec, theta, self.cfg, self.sync_ema)
         gather = read_gather(self.network, window)
         accepted = sorted(u for u, v in checked.verdicts.items() if v.ok)
         uids = aggregation_set(accepted, gather)
         stepped = apply_aggregate(theta, checked.submissions, uids, self.codec, self.spec.shapes, plan.lr)
+        self.sync_ema = advance_ema(self.sync_ema, theta, self.cfg)
         self.next_window = window + 1
         return {u: str(v.reason) for u, v in checked.verdicts.items()}, gather, uids, stepped
 

@@ -105,3 +105,13 @@ def steps_behind_iqm(validator_probe: Probe, peer_probe: Probe, ema: SyncEma, lr
     if not ratios or any(math.isnan(r) for r in ratios):
         return math.inf
     return interquartile_mean(ratios)
+
+
+
+MIN_TRACKED_ELEMENTS = 12
+"""The reference skipped tensors with fewer elements than this when it tracked parameter changes."""
+
+
+def ema_of(ema_json: str) -> SyncEma:
+    """The EMA stored as `windows.sync_ema_json` ("" before the first step under the rule)."""
+    return SyncEma.from_json(ema_json) if ema_json else SyncEma()

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from gauntlet import __version__
 from gauntlet.audit.store import AuditStore
 from gauntlet.chain import WeightsResult
 from gauntlet.config import GauntletConfig
-from gauntlet.ratings import update_moving_average
+from gauntlet.ratings import ValidatorState, update_moving_average
 from gauntlet.scoring import PeerLosses
 from gauntlet.verdicts import Reason, Verdict
 from gauntlet.window.evaluate import Evaluated
@@ -39,6 +39,11 @@ class WindowResult:
     stepped: Stepped
     weights: WeightsResult | None = None
     published: Published | None = None
+
+    @property
+    def state(self) -> ValidatorState:
+        """The state the next window starts from (what `restore` rebuilds from the tables)."""
+        return replace(self.rated.state, sync_ema=self.stepped.sync_ema)
 
 
 def _ts(seconds: float | None) -> datetime | None:
@@ -103,6 +108,7 @@ def window_row(cfg: GauntletConfig, result: WindowResult, timings: Mapping[str, 
         "plan_json": json.dumps(plan.to_dict()),
         "lr": plan.lr, "timings_json": json.dumps(dict(timings)), "created_at": datetime.now(UTC),
         "internal_errors": sum(v.reason is Reason.INTERNAL_ERROR for v in result.rated.verdicts.values()),
+        "sync_ema_json": stepped.sync_ema or None,
     }
 
 

@@ -19,6 +19,7 @@ from torch import Tensor
 from gauntlet.config import GauntletConfig
 from gauntlet.filter import probe_values, steps_behind, sync_score, sync_verdict, timing_verdict
 from gauntlet.ratings import PeerState, ValidatorState, is_banned
+from gauntlet.rules.sync import ema_of, steps_behind_iqm
 from gauntlet.submission import ModelSpec, Submission, parse_submission
 from gauntlet.uniqueness import CopyFinding, find_copies, overlap_matrix
 from gauntlet.verdicts import Reason, Verdict
@@ -57,8 +58,17 @@ class _Checked:
     closest: dict[int, tuple[int, float]] = field(default_factory=dict)
 
 
+def _steps_behind(theta_probe: Mapping[str, list[float]], probe: Mapping[str, list[float]], lr: float,
+                  cfg: GauntletConfig, sync_ema: str) -> float:
+    """Steps behind the validator: GAUNTLET.md's mean |delta| / lr, or the 2026 rule's IQM over an
+    EMA of each parameter's change (`rules.sync_iqm`)."""
+    if cfg.rules.sync_iqm:
+        return steps_behind_iqm(theta_probe, probe, ema_of(sync_ema), lr)
+    return steps_behind(theta_probe, probe, lr)
+
+
 def _check_file(plan: WindowPlan, rec: FetchRecord, spec: ModelSpec, theta_probe: Mapping[str, list[float]],
-                cfg: GauntletConfig, out: _Checked) -> Verdict:
+                cfg: GauntletConfig, out: _Checked, sync_ema: str = "") -> Verdict:
     uid = rec.uid
     if rec.error is not None:
         return Verdict(uid, Reason(rec.error), rec.detail, stage="fetch")
@@ -69,7 +79,7 @@ def _check_file(plan: WindowPlan, rec: FetchRecord, spec: ModelSpec, theta_probe
                               max_bytes=int(cfg.filter.max_file_mb * 2**20))
     if isinstance(parsed, Verdict):
         return parsed
-    x = steps_behind(theta_probe, parsed.probe, plan.lr)
+    x = _steps_behind(theta_probe, parsed.probe, plan.lr, cfg, sync_ema)
     verdict = sync_verdict(uid, x, cfg.filter.sync_max_steps)
     out.steps[uid] = x
     out.sync[uid] = sync_score(x, cfg.filter.sync_cap_steps, cfg.filter.sync_exponent)
@@ -109,12 +119,15 @@ def _closest(uids: list[int], overlap: Tensor) -> dict[int, tuple[int, float]]:
 
 
 def check_window(plan: WindowPlan, records: list[FetchRecord] | tuple[FetchRecord, ...], spec: ModelSpec,
-                 theta: Mapping[str, Tensor], cfg: GauntletConfig) -> tuple[_Checked, dict[int, CopyFinding]]:
-    """Verdicts for every expected peer (the public checks only; no bans)."""
+                 theta: Mapping[str, Tensor], cfg: GauntletConfig,
+                 sync_ema: str = "") -> tuple[_Checked, dict[int, CopyFinding]]:
+    """Verdicts for every expected peer (the public checks only; no bans). `sync_ema` is the
+    2026 sync rule's state (`ValidatorState.sync_ema`), unused unless `rules.sync_iqm`."""
     theta_probe = probe_values(theta, cfg.filter.probe_elements)
     out = _Checked()
     for rec in records:
-        out.verdicts[rec.uid] = guarded(rec.uid, "filter", _check_file, plan, rec, spec, theta_probe, cfg, out)
+        out.verdicts[rec.uid] = guarded(rec.uid, "filter", _check_file, plan, rec, spec, theta_probe, cfg, out,
+                                          sync_ema)
         if not out.verdicts[rec.uid].ok:  # a guard verdict must not leave half a result behind
             out.submissions.pop(rec.uid, None)
     copies = _check_copies({r.uid: r for r in records}, cfg, out)
@@ -157,7 +170,7 @@ def run(cfg: GauntletConfig, plan: WindowPlan, fetched: Fetched, state: Validato
     ctx = context_for(cfg)
     with ctx.lock:
         theta = ctx.load_theta(cfg.validator.workdir, plan.window)
-        checked, copies = check_window(plan, fetched.records, ctx.spec, theta, cfg)
+        checked, copies = check_window(plan, fetched.records, ctx.spec, theta, cfg, state.sync_ema)
     accepted = tuple(sorted(u for u, v in checked.verdicts.items() if v.ok))
     verdicts = apply_bans(checked.verdicts, state, plan.window)
     candidates = [u for u, v in verdicts.items() if v.ok]

@@ -16,7 +16,9 @@ from torch import Tensor
 from gauntlet.aggregation import aggregate, sign_step
 from gauntlet.codec import DCTCodec
 from gauntlet.config import GauntletConfig
+from gauntlet.filter import probe_values
 from gauntlet.ratings import ValidatorState
+from gauntlet.rules.sync import MIN_TRACKED_ELEMENTS, ema_of, update_sync_ema
 from gauntlet.submission import Submission
 from gauntlet.window.context import checkpoint_path, context_for, state_hash
 from gauntlet.window.fetch import Fetched
@@ -35,6 +37,22 @@ class Stepped:
     """False when nobody qualified: theta_{W+1} = theta_W."""
     checkpoint_before: str
     checkpoint_after: str
+    sync_ema: str = ""
+    """The 2026 sync rule's EMA of each probed parameter's change, after this step ("" when off)."""
+
+
+def advance_ema(ema_json: str, theta: Mapping[str, Tensor], cfg: GauntletConfig) -> str:
+    """The sync EMA after the step that produced `theta` (`rules.sync_iqm`; "" when off).
+
+    Every node that follows the same checkpoints computes the same text (the validator after its
+    step, the miners after theirs), so stage 1's sync verdicts, which decide what everyone
+    aggregates, agree.
+    """
+    if not cfg.rules.sync_iqm:
+        return ""
+    tracked = {n: p for n, p in theta.items() if p.numel() >= MIN_TRACKED_ELEMENTS}
+    probe = probe_values(tracked, cfg.filter.probe_elements)
+    return update_sync_ema(ema_of(ema_json), probe, cfg.rules.sync_ema_alpha).to_json()
 
 
 def aggregation_set(accepted: Sequence[int], gather: Sequence[int] | None) -> list[int]:
@@ -65,4 +83,5 @@ def run(cfg: GauntletConfig, plan: WindowPlan, fetched: Fetched, filtered: Filte
         ctx.holds = None  # stepped in place below: no longer theta_W until saved as W + 1
         stepped = apply_aggregate(theta, subs, gather, ctx.codec, ctx.spec.shapes, plan.lr)
         after = ctx.save_theta(cfg.validator.workdir, plan.window + 1)
-    return Stepped(tuple(gather), stepped, before, after)
+        sync_ema = advance_ema(state.sync_ema, theta, cfg)
+    return Stepped(tuple(gather), stepped, before, after, sync_ema)

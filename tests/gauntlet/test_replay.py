@@ -28,7 +28,7 @@ def network(tmp_path_factory, prepared_data):
     state = [restore_state(store)]
 
     def validate(window: int) -> None:
-        state[0] = validate_window(Direct(), cfg, window, state=state[0]).rated.state
+        state[0] = validate_window(Direct(), cfg, window, state=state[0]).state
 
     run_network(net, 5, validate)
     return net, store, state[0]

@@ -78,7 +78,7 @@ def test_miners_model_is_bit_identical_to_the_validators(tmp_path: Path, prepare
     state = [ValidatorState()]
 
     def validate(window: int) -> None:
-        state[0] = validate_window(Direct(), cfg, window, state=state[0]).rated.state
+        state[0] = validate_window(Direct(), cfg, window, state=state[0]).state
 
     reports = run_network(net, 3, validate)
     assert [r.window for r in reports] == [0, 1, 2] and store.windows() == [0, 1]
