@@ -30,6 +30,8 @@ import safetensors
 import safetensors.torch
 import torch
 
+from gauntlet import safejson
+from gauntlet.safejson import show
 from gauntlet.codec import Compressed, DCTCodec, Layout, layout
 from gauntlet.config import CodecConfig
 from gauntlet.verdicts import Reason, Verdict
@@ -37,6 +39,12 @@ from gauntlet.verdicts import Reason, Verdict
 FORMAT_VERSION = 1
 MAX_HEADER_BYTES = 4 * 2**20
 """A real header is about 200 bytes per parameter tensor (the 1.2B model: ~40 KB)."""
+HEADER_BYTES_PER_TENSOR = 1024
+"""Header budget per parameter (two entries and a probe pair take ~300 bytes plus the name, x3)."""
+MAX_ABS_VALUE = 1e9
+"""Largest |coefficient| a file may hold. Parameters are O(1) and a coefficient of a 4096-element
+chunk is at most 64 times its chunk's largest element, so no pseudo-gradient comes near; the bound
+keeps every later float32 sum, square and inverse transform of accepted values finite."""
 META_KEY = "gauntlet"
 META_FIELDS = ("format_version", "window", "uid", "fingerprint", "codec", "probe")
 IDX_DTYPES = ("I16", "I32", "I64")
@@ -76,6 +84,13 @@ class ModelSpec:
         return cls(shapes=shapes, fingerprint=fingerprint, chunk=codec.chunk, topk=codec.topk)
 
     @cached_property
+    def max_header_bytes(self) -> int:
+        """The header cap for this model: real headers use under a third of it."""
+        names = sum(len(n) for n in self.shapes)
+        budget = 4096 + 2 * len(self.fingerprint) + HEADER_BYTES_PER_TENSOR * len(self.shapes) + 6 * names
+        return min(MAX_HEADER_BYTES, budget)
+
+    @cached_property
     def layouts(self) -> Mapping[str, Layout]:
         return MappingProxyType({n: layout(s, self.chunk, self.topk) for n, s in self.shapes.items()})
 
@@ -103,6 +118,9 @@ def write_submission(window: int, uid: int, fingerprint: str, codec: DCTCodec, g
             raise ValueError(f"{name}: negative index {int(idx.min())}")
         if not bool(torch.isfinite(vals).all()):
             raise ValueError(f"{name}: vals hold NaN or Inf; the validator would refuse this file")
+        if vals.numel() and float(vals.abs().max()) > MAX_ABS_VALUE:
+            raise ValueError(f"{name}: |vals| reach {float(vals.abs().max()):.3g}, over MAX_ABS_VALUE "
+                             f"{MAX_ABS_VALUE:g}; the validator would refuse this file")
         small = idx.numel() == 0 or int(idx.max()) <= torch.iinfo(torch.int16).max
         tensors[f"{name}.idx"] = idx.detach().to("cpu", torch.int16 if small else torch.int32).contiguous()
         tensors[f"{name}.vals"] = vals.detach().to("cpu", torch.float32).contiguous()
@@ -147,7 +165,7 @@ def parse_submission(data: bytes, *, window: int, uid: int, spec: ModelSpec, max
 def _parse(data: bytes, window: int, uid: int, spec: ModelSpec, max_bytes: int) -> Submission:
     if len(data) > max_bytes:
         raise _Reject(f"file is {len(data)} bytes, over the cap of {max_bytes} bytes")
-    header = _read_header(data)
+    header = _read_header(data, spec.max_header_bytes)
     meta = _read_metadata(header)
     _check_identity(meta, window, uid, spec)
     probe = _check_probe(meta["probe"], spec)
@@ -162,36 +180,23 @@ def _parse(data: bytes, window: int, uid: int, spec: ModelSpec, max_bytes: int) 
 
 
 def _strict_json(text: bytes | str, what: str) -> Any:
-    """json.loads that refuses duplicate keys and NaN/Infinity, and turns any failure into a reject.
-
-    Duplicate keys matter: Python keeps the last one while other parsers may keep the first, so a
-    file could show different tensors to different readers.
-    """
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        out = dict(items)
-        if len(out) != len(items):
-            dup = next(k for i, (k, _) in enumerate(items) if k in dict(items[:i]))
-            raise ValueError(f"duplicate key {dup!r}")
-        return out
-
-    def constant(name: str) -> Any:
-        raise ValueError(f"non-standard constant {name}")
-
     try:
-        return json.loads(text, object_pairs_hook=pairs, parse_constant=constant)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise _Reject(f"{what} is not valid JSON: {type(exc).__name__}: {str(exc)[:200]}") from None
+        return safejson.loads(text)
+    except safejson.JSONRefused as exc:
+        raise _Reject(f"{what} is not valid JSON: {exc}") from None
 
 
-def _read_header(data: bytes) -> dict[str, Any]:
+def _read_header(data: bytes, cap: int) -> dict[str, Any]:
     if len(data) < 8:
         raise _Reject(f"file is {len(data)} bytes: truncated before the 8-byte safetensors header length")
     n = int.from_bytes(data[:8], "little")
-    if n > MAX_HEADER_BYTES:
-        raise _Reject(f"header length field says {n} bytes, over the cap of {MAX_HEADER_BYTES} "
+    if n > cap:
+        raise _Reject(f"header length field says {n} bytes, over this model's cap of {cap} "
                       "(not a safetensors file?)")
     if n > len(data) - 8:
         raise _Reject(f"header length field says {n} bytes but only {len(data) - 8} follow: truncated file")
+    if not data[8:8 + n].lstrip(b" \t\r\n").startswith(b"{"):
+        raise _Reject("the safetensors header does not start with a JSON object")
     header = _strict_json(data[8:8 + n], "the safetensors header")
     if not isinstance(header, dict):
         raise _Reject(f"the safetensors header is a JSON {type(header).__name__}, not an object")
@@ -207,13 +212,13 @@ def _read_metadata(header: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(md, dict) or META_KEY not in md:
         raise _Reject(f"no gauntlet metadata: the safetensors header lacks __metadata__.{META_KEY}")
     if set(md) != {META_KEY} or not isinstance(md[META_KEY], str):
-        raise _Reject(f"__metadata__ must hold exactly one string entry {META_KEY!r}, got keys {sorted(md)}")
+        raise _Reject(f"__metadata__ must hold exactly one string entry {META_KEY!r}, got keys {show(sorted(md))}")
     meta = _strict_json(md[META_KEY], "the gauntlet metadata")
     if not isinstance(meta, dict):
         raise _Reject(f"the gauntlet metadata is a JSON {type(meta).__name__}, not an object")
     version = meta.get("format_version")
     if version != FORMAT_VERSION or not _is_int(version):
-        raise _Reject(f"format_version {version!r} is not supported (this validator reads {FORMAT_VERSION})")
+        raise _Reject(f"format_version {show(version)} is not supported (this validator reads {FORMAT_VERSION})")
     missing = [f for f in META_FIELDS if f not in meta]
     extra = sorted(set(meta) - set(META_FIELDS))
     if missing or extra:
@@ -232,28 +237,28 @@ def _check_identity(meta: dict[str, Any], window: int, uid: int, spec: ModelSpec
     if meta["uid"] != uid:
         raise _Reject(f"metadata says uid {meta['uid']} but the file was read from the key of uid {uid}")
     if meta["fingerprint"] != spec.fingerprint:
-        raise _Reject(f"model fingerprint {meta['fingerprint'][:80]!r} does not match the validator's "
+        raise _Reject(f"model fingerprint {show(meta['fingerprint'], 80)} does not match the validator's "
                       f"{spec.fingerprint!r}")
     codec = meta["codec"]
     if set(codec) != {"chunk", "topk"} or codec != {"chunk": spec.chunk, "topk": spec.topk} \
             or not all(_is_int(v) for v in codec.values()):
-        raise _Reject(f"codec settings {json.dumps(codec)[:200]} do not match the validator's "
+        raise _Reject(f"codec settings {show(codec)} do not match the validator's "
                       f"chunk={spec.chunk} topk={spec.topk}")
 
 
 def _check_probe(probe: dict[str, Any], spec: ModelSpec) -> dict[str, list[float]]:
     missing = sorted(set(spec.shapes) - set(probe))
     if missing:
-        raise _Reject(f"sync probe lacks {len(missing)} tensor(s), first {missing[0]!r}")
+        raise _Reject(f"sync probe lacks {len(missing)} tensor(s), first {show(missing[0])}")
     extra = sorted(set(probe) - set(spec.shapes))
     if extra:
-        raise _Reject(f"sync probe names unknown tensor {extra[0][:200]!r}")
+        raise _Reject(f"sync probe names unknown tensor {show(extra[0])}")
     out: dict[str, list[float]] = {}
     for name in spec.shapes:
         pair = probe[name]
         values = [_finite(v) for v in pair] if isinstance(pair, list) and len(pair) == 2 else [None]
         if any(v is None for v in values):
-            raise _Reject(f"sync probe for {name!r} must be two finite numbers, got {str(pair)[:100]}")
+            raise _Reject(f"sync probe for {name!r} must be two finite numbers, got {show(pair)}")
         out[name] = values
     return out
 
@@ -275,7 +280,7 @@ def _check_entries(header: dict[str, Any], spec: ModelSpec) -> None:
     expected = {f"{n}.{part}" for n in spec.shapes for part in ("idx", "vals")}
     unknown, missing = sorted(names - expected), sorted(expected - names)
     if unknown:
-        raise _Reject(f"unknown tensor {unknown[0][:200]!r} (not a parameter of the model)"
+        raise _Reject(f"unknown tensor {show(unknown[0])} (not a parameter of the model)"
                       + (f" and {len(unknown) - 1} more" if len(unknown) > 1 else ""))
     if missing:
         raise _Reject(f"missing tensor {missing[0]!r}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
@@ -286,10 +291,10 @@ def _check_entries(header: dict[str, Any], spec: ModelSpec) -> None:
                 raise _Reject(f"header entry of tensor '{name}.{part}' is not an object")
             dtype, shape = entry.get("dtype"), entry.get("shape")
             if dtype not in allowed:
-                raise _Reject(f"tensor '{name}.{part}' has dtype {str(dtype)[:20]!r}; allowed: {', '.join(allowed)}")
+                raise _Reject(f"tensor '{name}.{part}' has dtype {show(dtype, 20)}; allowed: {', '.join(allowed)}")
             want = [lay.n_chunks, lay.k]
             if not isinstance(shape, list) or not all(_is_int(d) for d in shape) or shape != want:
-                raise _Reject(f"tensor '{name}.{part}' has shape {json.dumps(shape)[:60]}; expected {want} "
+                raise _Reject(f"tensor '{name}.{part}' has shape {show(shape)}; expected {want} "
                               f"({lay.n_chunks} chunks of {lay.chunk_elems} elements, "
                               f"k = min(topk {spec.topk}, {lay.chunk_elems}) = {lay.k})")
 
@@ -312,6 +317,11 @@ def _check_tensors(name: str, idx: torch.Tensor, vals: torch.Tensor, lay: Layout
     if not bool(finite.all()):
         n_nan, n_inf = int(vals.isnan().sum()), int(vals.isinf().sum())
         raise _Reject(f"tensor '{name}.vals' holds {n_nan} NaN and {n_inf} Inf values", Reason.NON_FINITE)
+    big = vals.abs() > MAX_ABS_VALUE
+    if bool(big.any()):
+        chunk, col = (int(v) for v in big.nonzero()[0])
+        raise _Reject(f"tensor '{name}.vals': value {float(vals[chunk, col]):.3g} in chunk {chunk} is beyond "
+                      f"+-{MAX_ABS_VALUE:g}" + _more(big))
     return idx, vals
 
 
