@@ -65,6 +65,22 @@ def loads(text: bytes | str) -> Any:
         raise JSONRefused(f"{type(exc).__name__}: {str(exc)[:200]}") from None
 
 
+def is_int(x: Any) -> bool:
+    """A JSON integer (Python's bool is an int, JSON's true is not)."""
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def finite_float(v: Any) -> float | None:
+    """A JSON number as a finite float, else None (an integer can be too large for a float)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    try:
+        f = float(v)
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) else None
+
+
 def show(value: Any, limit: int = 60) -> str:
     """A short printable ASCII rendering of a parsed JSON value, bounded in time and length.
 

@@ -31,7 +31,7 @@ import safetensors.torch
 import torch
 
 from gauntlet import safejson
-from gauntlet.safejson import show
+from gauntlet.safejson import finite_float, is_int, show
 from gauntlet.codec import Compressed, DCTCodec, Layout, layout
 from gauntlet.config import CodecConfig
 from gauntlet.verdicts import Reason, Verdict
@@ -152,7 +152,10 @@ class _Reject(Exception):
 def parse_submission(data: bytes, *, window: int, uid: int, spec: ModelSpec, max_bytes: int) -> Submission | Verdict:
     """A checked `Submission`, or a MALFORMED / NON_FINITE verdict whose detail names the fault.
 
-    `window` and `uid` are those of the key the file was read from; the file must agree.
+    `window` and `uid` are those of the key the file was read from; the file must agree. Time
+    and memory are linear in the file's size. An exception the checks did not foresee is a bug
+    of this parser, not proof of a bad file: it becomes a VALIDATOR_FAULT verdict (the peer is
+    neither penalised nor accepted) so that one file can never stop the window.
     """
     if not isinstance(data, bytes):
         raise TypeError(f"parse_submission needs bytes, got {type(data).__name__}")
@@ -160,6 +163,9 @@ def parse_submission(data: bytes, *, window: int, uid: int, spec: ModelSpec, max
         return _parse(data, window, uid, spec, max_bytes)
     except _Reject as rej:
         return Verdict(uid, rej.reason, rej.detail, stage="filter")
+    except Exception as exc:  # noqa: BLE001 - the last guard of a window against one file
+        return Verdict(uid, Reason.VALIDATOR_FAULT, f"the parser failed unexpectedly: {type(exc).__name__}: {exc}",
+                       stage="filter")
 
 
 def _parse(data: bytes, window: int, uid: int, spec: ModelSpec, max_bytes: int) -> Submission:
@@ -203,10 +209,6 @@ def _read_header(data: bytes, cap: int) -> dict[str, Any]:
     return header
 
 
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
 def _read_metadata(header: dict[str, Any]) -> dict[str, Any]:
     md = header.get("__metadata__")
     if not isinstance(md, dict) or META_KEY not in md:
@@ -217,13 +219,13 @@ def _read_metadata(header: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise _Reject(f"the gauntlet metadata is a JSON {type(meta).__name__}, not an object")
     version = meta.get("format_version")
-    if version != FORMAT_VERSION or not _is_int(version):
+    if version != FORMAT_VERSION or not is_int(version):
         raise _Reject(f"format_version {show(version)} is not supported (this validator reads {FORMAT_VERSION})")
     missing = [f for f in META_FIELDS if f not in meta]
     extra = sorted(set(meta) - set(META_FIELDS))
     if missing or extra:
         raise _Reject(f"gauntlet metadata: missing fields {missing}, unknown fields {extra}")
-    types = {"window": _is_int, "uid": _is_int, "fingerprint": lambda v: isinstance(v, str),
+    types = {"window": is_int, "uid": is_int, "fingerprint": lambda v: isinstance(v, str),
              "codec": lambda v: isinstance(v, dict), "probe": lambda v: isinstance(v, dict)}
     for name, ok in types.items():
         if not ok(meta[name]):
@@ -241,7 +243,7 @@ def _check_identity(meta: dict[str, Any], window: int, uid: int, spec: ModelSpec
                       f"{spec.fingerprint!r}")
     codec = meta["codec"]
     if set(codec) != {"chunk", "topk"} or codec != {"chunk": spec.chunk, "topk": spec.topk} \
-            or not all(_is_int(v) for v in codec.values()):
+            or not all(is_int(v) for v in codec.values()):
         raise _Reject(f"codec settings {show(codec)} do not match the validator's "
                       f"chunk={spec.chunk} topk={spec.topk}")
 
@@ -256,22 +258,11 @@ def _check_probe(probe: dict[str, Any], spec: ModelSpec) -> dict[str, list[float
     out: dict[str, list[float]] = {}
     for name in spec.shapes:
         pair = probe[name]
-        values = [_finite(v) for v in pair] if isinstance(pair, list) and len(pair) == 2 else [None]
+        values = [finite_float(v) for v in pair] if isinstance(pair, list) and len(pair) == 2 else [None]
         if any(v is None for v in values):
             raise _Reject(f"sync probe for {name!r} must be two finite numbers, got {show(pair)}")
         out[name] = values
     return out
-
-
-def _finite(v: Any) -> float | None:
-    """A JSON number as a finite float, else None (JSON integers can be too large for a float)."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return None
-    try:
-        f = float(v)
-    except OverflowError:
-        return None
-    return f if math.isfinite(f) else None
 
 
 def _check_entries(header: dict[str, Any], spec: ModelSpec) -> None:
@@ -293,7 +284,7 @@ def _check_entries(header: dict[str, Any], spec: ModelSpec) -> None:
             if dtype not in allowed:
                 raise _Reject(f"tensor '{name}.{part}' has dtype {show(dtype, 20)}; allowed: {', '.join(allowed)}")
             want = [lay.n_chunks, lay.k]
-            if not isinstance(shape, list) or not all(_is_int(d) for d in shape) or shape != want:
+            if not isinstance(shape, list) or not all(is_int(d) for d in shape) or shape != want:
                 raise _Reject(f"tensor '{name}.{part}' has shape {show(shape)}; expected {want} "
                               f"({lay.n_chunks} chunks of {lay.chunk_elems} elements, "
                               f"k = min(topk {spec.topk}, {lay.chunk_elems}) = {lay.k})")

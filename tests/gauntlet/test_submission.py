@@ -18,8 +18,9 @@ import torch
 
 from gauntlet.codec import Compressed, DCTCodec
 from gauntlet.config import CodecConfig
+from gauntlet import submission
 from gauntlet.submission import (
-    MAX_HEADER_BYTES, ModelSpec, Submission, parse_submission, write_submission,
+    MAX_ABS_VALUE, MAX_HEADER_BYTES, ModelSpec, Submission, parse_submission, write_submission,
 )
 from gauntlet.verdicts import Reason, Verdict
 
@@ -453,3 +454,24 @@ def test_parse_allocates_no_more_than_the_file_implies() -> None:
             header[f"{name}.{part}"] = {"dtype": dtype, "shape": [lay.n_chunks, lay.k], "data_offsets": [0, 0]}
     header["layer.weight.vals"]["shape"] = [2**40, 32]
     _rejected(_with_header(json.dumps(header).encode()), "has shape [1099511627776, 32]; expected [2, 32]")
+
+
+def test_an_unforeseen_parser_error_is_a_validator_fault_not_an_exception(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug in the checks must not stop the window, nor be blamed on the peer."""
+    def broken(*args: object) -> None:
+        raise RuntimeError("a bug\nin the checks")
+
+    monkeypatch.setattr(submission, "_check_tensors", broken)
+    out = _parse(write_submission(WINDOW, UID, FP, CODEC, _grads(), PROBE))
+    assert isinstance(out, Verdict) and out.reason is Reason.VALIDATOR_FAULT and out.blame == "validator"
+    assert out.detail == "the parser failed unexpectedly: RuntimeError: a bug\\nin the checks"
+
+
+def test_extreme_values_at_the_bound_pass_and_beyond_it_are_refused() -> None:
+    at = _edit("norm.weight.vals", lambda v: v.sign() * MAX_ABS_VALUE)
+    assert isinstance(_parse(_file(at)), Submission)
+    beyond = _edit("norm.weight.vals", lambda v: v * 0 + 3e38)
+    _rejected(_file(beyond), "tensor 'norm.weight.vals': value 3e+38 in chunk 0 is beyond +-1e+09 (32 such entries")
+    with pytest.raises(ValueError, match="over MAX_ABS_VALUE"):
+        write_submission(WINDOW, UID, FP, CODEC, {**_grads(), "norm.weight": (_grads()["norm.weight"][0],
+                                                                               torch.full((1, 32), 2e9))}, PROBE)
