@@ -5,8 +5,10 @@ could run code on the validator; here a file is safetensors (raw little-endian a
 JSON header) and nothing in it is ever executed. The parser reads the 8-byte header length and
 the JSON header itself and checks every field against the model before safetensors touches the
 tensor bytes, so a hostile header (a huge length, deep nesting, duplicate keys that two parsers
-could read differently, claims of tensors larger than the model's) is refused cheaply and what
-gets allocated is bounded by the file's own size. Every failure is a `Verdict`, never an
+could read differently, claims of tensors larger than the model's) is refused cheaply: the header
+is capped per model (`ModelSpec.max_header_bytes`), parsed in time linear in its size
+(`gauntlet.safejson`), and what gets allocated is bounded by the file's own size. Values are
+bounded too (`MAX_ABS_VALUE`), so no finite value overflows the arithmetic of later stages. Every failure is a `Verdict`, never an
 exception: one broken file must not stop the window.
 
 Layout: tensors ``"<param>.idx"`` (int16 on disk when the indices fit, int64 in memory) and
@@ -201,9 +203,10 @@ def _read_header(data: bytes, cap: int) -> dict[str, Any]:
                       "(not a safetensors file?)")
     if n > len(data) - 8:
         raise _Reject(f"header length field says {n} bytes but only {len(data) - 8} follow: truncated file")
-    if not data[8:8 + n].lstrip(b" \t\r\n").startswith(b"{"):
+    text = data[8:8 + n]
+    if not text.lstrip(b" \t\r\n").startswith(b"{"):
         raise _Reject("the safetensors header does not start with a JSON object")
-    header = _strict_json(data[8:8 + n], "the safetensors header")
+    header = _strict_json(text, "the safetensors header")
     if not isinstance(header, dict):
         raise _Reject(f"the safetensors header is a JSON {type(header).__name__}, not an object")
     return header
@@ -224,7 +227,7 @@ def _read_metadata(header: dict[str, Any]) -> dict[str, Any]:
     missing = [f for f in META_FIELDS if f not in meta]
     extra = sorted(set(meta) - set(META_FIELDS))
     if missing or extra:
-        raise _Reject(f"gauntlet metadata: missing fields {missing}, unknown fields {extra}")
+        raise _Reject(f"gauntlet metadata: missing fields {missing}, unknown fields {show(extra)}")
     types = {"window": is_int, "uid": is_int, "fingerprint": lambda v: isinstance(v, str),
              "codec": lambda v: isinstance(v, dict), "probe": lambda v: isinstance(v, dict)}
     for name, ok in types.items():
