@@ -54,9 +54,12 @@ def loads(text: bytes | str) -> Any:
     """json.loads without duplicate keys, NaN/Infinity, overlong integers or overflowing floats.
 
     Duplicate keys matter: Python keeps the last one while other parsers may keep the first, so
-    a file could show different tensors to different readers. Every fault is a JSONRefused.
+    a file could show different tensors to different readers; likewise bytes are read as UTF-8
+    only (as safetensors reads them), never as a guessed UTF-16. Every fault is a JSONRefused.
     """
     try:
+        if isinstance(text, bytes):  # json.loads would guess UTF-16/32 from the first bytes; files are UTF-8
+            text = text.decode("utf-8")
         return json.loads(text, object_pairs_hook=_pairs, parse_int=_int, parse_float=_float,
                           parse_constant=_constant)
     except JSONRefused:

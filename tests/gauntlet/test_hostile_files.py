@@ -344,3 +344,16 @@ def test_extreme_finite_values_give_a_verdict_or_finite_aggregate_and_scores() -
     for row in losses.values():
         values = (row.own_before, row.own_after, row.rand_before, row.rand_after, row.gradient_score)
         assert all(math.isfinite(v) for v in values), row
+
+
+def test_headers_are_utf8_only() -> None:
+    """json.loads alone reads UTF-16 bytes; safetensors reads UTF-8: there must be one reading."""
+    utf16 = '{"a": 1}'.encode("utf-16-le")
+    assert json.loads(utf16) == {"a": 1}
+    assert safejson.loads('{"a": "\u00e9"}'.encode()) == {"a": "\u00e9"}
+    with pytest.raises(safejson.JSONRefused):
+        safejson.loads(utf16)
+    with pytest.raises(safejson.JSONRefused, match="UnicodeDecodeError"):
+        safejson.loads(b'{"a": "\xff"}')
+    out = _parse(_with_header(utf16))
+    assert isinstance(out, Verdict) and "the safetensors header is not valid JSON" in out.detail
