@@ -8,8 +8,8 @@ tensor bytes, so a hostile header (a huge length, deep nesting, duplicate keys t
 could read differently, claims of tensors larger than the model's) is refused cheaply: the header
 is capped per model (`ModelSpec.max_header_bytes`), parsed in time linear in its size
 (`gauntlet.safejson`), and what gets allocated is bounded by the file's own size. Values are
-bounded too (`MAX_ABS_VALUE`), so no finite value overflows the arithmetic of later stages. Every failure is a `Verdict`, never an
-exception: one broken file must not stop the window.
+bounded too (`MAX_ABS_VALUE`), so no finite value overflows the arithmetic of later stages.
+Every failure is a `Verdict`, never an exception: one broken file must not stop the window.
 
 Layout: tensors ``"<param>.idx"`` (int16 on disk when the indices fit, int64 in memory) and
 ``"<param>.vals"`` (float32; bfloat16 and float16 are read and upcast), each ``(n_chunks, k)``,

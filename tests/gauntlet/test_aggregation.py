@@ -77,7 +77,8 @@ def test_values_at_the_ends_of_float32_aggregate_finitely() -> None:
     unit norm is taken in float64, so neither the squares overflow nor the tiny peer is lost."""
     codec = DCTCodec(64, 8)
     peers = _peers(codec, 3)
-    extreme = [{name: (idx, torch.sign(vals) * torch.finfo(torch.float32).max) for name, (idx, vals) in peers[0].items()},
+    top = torch.finfo(torch.float32).max
+    extreme = [{name: (idx, torch.sign(vals) * top) for name, (idx, vals) in peers[0].items()},
                {name: (idx, torch.sign(vals) * 1e-44) for name, (idx, vals) in peers[1].items()}, peers[2]]
     got = aggregate(codec, extreme, SHAPES)
     want = _naive(codec, [{n: (i, torch.sign(v)) for n, (i, v) in p.items()} for p in extreme[:2]] + [peers[2]])

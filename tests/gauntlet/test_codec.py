@@ -267,7 +267,8 @@ def test_extreme_finite_values_decode_exactly_scaled_and_never_nan(shape: tuple[
     torch.testing.assert_close(batch[0], codec.decode(idx, vals, shape))  # a quiet peer is not scaled by a loud one
     torch.testing.assert_close(batch[1], batch[0] * 2.0**60)
     huge = torch.sign(vals) * torch.finfo(torch.float32).max  # all at +-3.4e38
-    for out in (codec.decode(idx, huge, shape), codec.decode_mean(torch.stack([idx] * 3), torch.stack([huge] * 3), shape)):
+    mean = codec.decode_mean(torch.stack([idx] * 3), torch.stack([huge] * 3), shape)
+    for out in (codec.decode(idx, huge, shape), mean):
         assert not bool(out.isnan().any())
         assert bool((torch.sign(out) == torch.sign(codec.decode(idx, torch.sign(vals), shape))).all())
 
