@@ -28,6 +28,9 @@ from gauntlet.config import CodecConfig
 
 _SLAB_ELEMS = 1 << 20
 """Elements per inverse transform in decode_batch (4 MiB of float32)."""
+_SAFE_ABS = 2.0**40
+"""Below this |value| no float32 sum of a decode can overflow (4096 coefficients per chunk and
+thousands of peers stay under 1e20); above it decoding scales by a power of two first."""
 
 Compressed = dict[str, tuple[Tensor, Tensor]]
 """Tensor name -> (idx int64 (n_chunks, k), vals float32 (n_chunks, k))."""
@@ -191,15 +194,18 @@ class DCTCodec:
         The inverse transform then runs over slabs of peers of about `_SLAB_ELEMS` elements:
         small tensors go in one product, large ones a peer at a time, so the working set stays
         cache-sized on a CPU (measured in benchmarks/bench_codec.py) while a GPU still gets
-        products of a million elements or more.
+        products of a million elements or more. Any finite values decode without NaN; an
+        element whose true value lies beyond float32's range comes out as +-inf (its sign kept).
         """
         lay = self.layout(shape)
-        idx, vals = _check_sparse(idx, vals, lay)
+        idx, vals, scale = _check_sparse(idx, vals, lay, per_peer=True)
         dense = torch.zeros(idx.shape[0], *lay.shape, dtype=torch.float32, device=idx.device)  # (P, *shape)
         dense.view(-1).index_add_(0, _positions(idx, lay, per_peer=True).flatten(), vals.flatten())
         step = max(1, _SLAB_ELEMS // math.prod(lay.shape))
         for start in range(0, dense.shape[0], step):
             _transform(dense[start : start + step], lay, inverse=True, scratch=True)
+        if scale is not None:
+            dense.mul_(scale.view(-1, *[1] * len(lay.shape)))
         return dense
 
     def decode_mean(self, idx: Tensor, vals: Tensor, shape: Sequence[int]) -> Tensor:
@@ -210,14 +216,15 @@ class DCTCodec:
         such files are refused.
         """
         lay = self.layout(shape)
-        idx, vals = _check_sparse(idx, vals, lay)
+        idx, vals, scale = _check_sparse(idx, vals, lay, per_peer=False)
         flat = _positions(idx, lay, per_peer=False).flatten()  # (P*C*k,)
         sums = torch.zeros(lay.shape, dtype=torch.float32, device=idx.device)
         sums.view(-1).index_add_(0, flat, vals.flatten())
         counts = torch.zeros(lay.shape, dtype=torch.float32, device=idx.device)
         counts.view(-1).index_add_(0, flat, torch.ones_like(flat, dtype=torch.float32))
         sums.div_(counts.clamp_min_(1.0))  # (*shape): the per-index mean, zero where none chose
-        return _transform(sums.unsqueeze(0), lay, inverse=True, scratch=True)[0]
+        out = _transform(sums.unsqueeze(0), lay, inverse=True, scratch=True)[0]
+        return out if scale is None else out.mul_(scale)
 
     def encode_all(self, tensors: Mapping[str, Tensor]) -> Compressed:
         return {name: self.encode(t) for name, t in tensors.items()}
@@ -229,8 +236,16 @@ class DCTCodec:
         return {name: self.decode(idx, vals, shapes[name]) for name, (idx, vals) in c.items()}
 
 
-def _check_sparse(idx: Tensor, vals: Tensor, lay: Layout) -> tuple[Tensor, Tensor]:
-    """Validate (P, C, k) coefficients against a layout; -> (idx int64, vals float32) on idx's device."""
+def _check_sparse(idx: Tensor, vals: Tensor, lay: Layout, per_peer: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Validate (P, C, k) coefficients against a layout -> (idx int64, vals float32, scale).
+
+    Values with |v| > `_SAFE_ABS` (finite but extreme, e.g. a hostile 3e38) would overflow the
+    float32 sums of the inverse transform and mix +inf with -inf into NaN. For those, `scale`
+    is a power of two per peer (or one for all peers when not `per_peer`) that the returned
+    values have been divided by, to be multiplied back after the transform: exact, because a
+    power of two only moves the exponent. None, the usual case, means no scaling was needed.
+    One host sync covers the index range, finiteness and the scaling decision.
+    """
     want = (lay.n_chunks, lay.k)
     if idx.dim() != 3 or tuple(idx.shape[1:]) != want or tuple(vals.shape) != tuple(idx.shape):
         raise ValueError(
@@ -242,6 +257,18 @@ def _check_sparse(idx: Tensor, vals: Tensor, lay: Layout) -> tuple[Tensor, Tenso
     if not vals.is_floating_point():
         raise ValueError(f"vals must be a floating-point tensor, got {vals.dtype}")
     idx = idx.to(torch.int64)
-    if idx.numel() and bool(((idx < 0) | (idx >= lay.chunk_elems)).any()):
+    vals = vals.to(device=idx.device, dtype=torch.float32)
+    if idx.numel() == 0:
+        return idx, vals, None
+    amax = vals.abs().amax(dim=(1, 2)) if per_peer else vals.abs().amax().view(1)  # (P,) or (1,); NaN stays NaN
+    flags = torch.stack([((idx < 0) | (idx >= lay.chunk_elems)).any(), ~torch.isfinite(amax).all(),
+                         (amax > _SAFE_ABS).any()]).tolist()
+    if flags[0]:
         raise ValueError(f"idx out of range [0, {lay.chunk_elems}) for shape {lay.shape}")
-    return idx, vals.to(device=idx.device, dtype=torch.float32)
+    if flags[1]:
+        raise ValueError(f"vals hold NaN or Inf (or values beyond float32) for shape {lay.shape}")
+    if not flags[2]:
+        return idx, vals, None
+    one = torch.ones_like(amax)
+    scale = torch.where(amax > _SAFE_ABS, torch.ldexp(one, torch.frexp(amax).exponent - 1), one)  # (P,) or (1,)
+    return idx, vals / scale.view(-1, 1, 1), scale

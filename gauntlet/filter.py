@@ -10,7 +10,9 @@ peer can put any time it likes in its own metadata.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import torch
@@ -70,27 +72,48 @@ def probe_values(params: Mapping[str, Tensor], elements: Sequence[int] = (10, 11
     return dict(zip(params, values, strict=True))
 
 
+def _probe_mismatch(validator_probe: Mapping[str, Sequence[float]], peer_probe: Mapping[str, Sequence[float]]) -> str:
+    """Why the two probes cannot be compared element by element, or "" when they can."""
+    if set(validator_probe) != set(peer_probe):
+        ours = sorted(set(validator_probe) - set(peer_probe))[:3]
+        theirs = sorted(set(peer_probe) - set(validator_probe))[:3]
+        return f"probes name different tensors: only the validator's {ours}, only the peer's {theirs}"
+    for name, ours in validator_probe.items():
+        if len(ours) != len(peer_probe[name]):
+            return f"probe of {name}: {len(ours)} validator values vs {len(peer_probe[name])} from the peer"
+    if not any(len(v) for v in validator_probe.values()):
+        return "probes hold no values"
+    return ""
+
+
+def _all_finite(probe: Mapping[str, Sequence[float]]) -> bool:
+    return all(math.isfinite(v) for values in probe.values() for v in values)
+
+
 def steps_behind(validator_probe: Mapping[str, Sequence[float]], peer_probe: Mapping[str, Sequence[float]],
                  lr: float) -> float:
     """x = mean |theta_validator - theta_peer| / lr over every probe element: steps behind.
 
     A sign-SGD step moves each parameter by exactly lr, so a peer k steps out of date differs by
-    about k * lr per element.
+    about k * lr per element. Finite for any finite probes: differences too large for a float
+    (a peer may write 1.7e308 in its file) are averaged at half scale, and x saturates at the
+    largest float rather than becoming inf, so nothing downstream sees inf or NaN.
     """
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
-    if set(validator_probe) != set(peer_probe):
-        ours, theirs = sorted(set(validator_probe) - set(peer_probe)), sorted(set(peer_probe) - set(validator_probe))
-        raise ValueError(f"probes name different tensors: only the validator's {ours[:3]}, only the peer's {theirs[:3]}")
-    diffs: list[float] = []
-    for name, ours in validator_probe.items():
-        theirs = peer_probe[name]
-        if len(ours) != len(theirs):
-            raise ValueError(f"probe of {name}: {len(ours)} validator values vs {len(theirs)} from the peer")
-        diffs.extend(abs(a - b) for a, b in zip(ours, theirs))
-    if not diffs:
-        raise ValueError("probes hold no values")
-    return math.fsum(diffs) / len(diffs) / lr
+    if not (lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"lr must be > 0 and finite, got {lr}")
+    problem = _probe_mismatch(validator_probe, peer_probe)
+    if problem:
+        raise ValueError(problem)
+    if not (_all_finite(validator_probe) and _all_finite(peer_probe)):
+        raise ValueError("probe values must be finite")
+    pairs = [(a, b) for name, ours in validator_probe.items() for a, b in zip(ours, peer_probe[name])]
+    try:
+        mean = math.fsum(abs(a - b) for a, b in pairs) / len(pairs)
+    except OverflowError:  # the sum of finite differences left the float range
+        mean = math.inf
+    if not math.isfinite(mean):
+        mean = 2.0 * math.fsum(abs(0.5 * a - 0.5 * b) / len(pairs) for a, b in pairs)
+    return min(mean / lr, sys.float_info.max)
 
 
 def sync_score(x: float, cap: float = 5.0, exponent: float = 2.5) -> float:
@@ -100,10 +123,44 @@ def sync_score(x: float, cap: float = 5.0, exponent: float = 2.5) -> float:
     return (1.0 - min(x, cap) / cap) ** exponent
 
 
+def _steps(x: float) -> str:
+    return f"{x:.1f}" if x < 1e6 else f"{x:.3g}"
+
+
 def sync_verdict(uid: int, x: float, max_steps: float) -> Verdict:
     """DESYNCED when strictly more than `max_steps` behind; exactly `max_steps` passes."""
     if not x >= 0:
         raise ValueError(f"steps behind must be >= 0, got {x}")
     if x > max_steps:
-        return Verdict(uid, Reason.DESYNCED, f"{x:.1f} steps behind the validator (limit {max_steps:g})", stage="sync")
-    return Verdict.accept(uid, f"{x:.1f} steps behind the validator", stage="sync")
+        return Verdict(uid, Reason.DESYNCED, f"{_steps(x)} steps behind the validator (limit {max_steps:g})",
+                       stage="sync")
+    return Verdict.accept(uid, f"{_steps(x)} steps behind the validator", stage="sync")
+
+
+@dataclass(frozen=True)
+class SyncCheck:
+    """The sync stage of one peer: a verdict always; steps and score only when the probes compared."""
+
+    verdict: Verdict
+    steps: float | None = None
+    score: float | None = None
+
+
+def sync_check(uid: int, validator_probe: Mapping[str, Sequence[float]], peer_probe: Mapping[str, Sequence[float]],
+               lr: float, *, cap: float, exponent: float, max_steps: float) -> SyncCheck:
+    """steps_behind, sync_score and sync_verdict together, a verdict for any probe a peer sends.
+
+    A probe that cannot be compared is MALFORMED, one with NaN/Inf is NON_FINITE (both the
+    peer's fault); a non-finite probe of the validator's own model is a VALIDATOR_FAULT, never
+    held against the peer. When steps and score are given they are finite.
+    """
+    problem = _probe_mismatch(validator_probe, peer_probe)
+    if problem:
+        return SyncCheck(Verdict(uid, Reason.MALFORMED, problem, stage="sync"))
+    if not _all_finite(peer_probe):
+        return SyncCheck(Verdict(uid, Reason.NON_FINITE, "the sync probe holds NaN or Inf", stage="sync"))
+    if not _all_finite(validator_probe):
+        return SyncCheck(Verdict(uid, Reason.VALIDATOR_FAULT, "the validator's own probe holds NaN or Inf",
+                                 stage="sync"))
+    x = steps_behind(validator_probe, peer_probe, lr)
+    return SyncCheck(sync_verdict(uid, x, max_steps), x, sync_score(x, cap, exponent))

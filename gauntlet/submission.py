@@ -5,9 +5,11 @@ could run code on the validator; here a file is safetensors (raw little-endian a
 JSON header) and nothing in it is ever executed. The parser reads the 8-byte header length and
 the JSON header itself and checks every field against the model before safetensors touches the
 tensor bytes, so a hostile header (a huge length, deep nesting, duplicate keys that two parsers
-could read differently, claims of tensors larger than the model's) is refused cheaply and what
-gets allocated is bounded by the file's own size. Every failure is a `Verdict`, never an
-exception: one broken file must not stop the window.
+could read differently, claims of tensors larger than the model's) is refused cheaply: the header
+is capped per model (`ModelSpec.max_header_bytes`), parsed in time linear in its size
+(`gauntlet.safejson`), and what gets allocated is bounded by the file's own size. Values are
+bounded too (`MAX_ABS_VALUE`), so no finite value overflows the arithmetic of later stages.
+Every failure is a `Verdict`, never an exception: one broken file must not stop the window.
 
 Layout: tensors ``"<param>.idx"`` (int16 on disk when the indices fit, int64 in memory) and
 ``"<param>.vals"`` (float32; bfloat16 and float16 are read and upcast), each ``(n_chunks, k)``,
@@ -30,6 +32,8 @@ import safetensors
 import safetensors.torch
 import torch
 
+from gauntlet import safejson
+from gauntlet.safejson import finite_float, is_int, show
 from gauntlet.codec import Compressed, DCTCodec, Layout, layout
 from gauntlet.config import CodecConfig
 from gauntlet.verdicts import Reason, Verdict
@@ -37,6 +41,12 @@ from gauntlet.verdicts import Reason, Verdict
 FORMAT_VERSION = 1
 MAX_HEADER_BYTES = 4 * 2**20
 """A real header is about 200 bytes per parameter tensor (the 1.2B model: ~40 KB)."""
+HEADER_BYTES_PER_TENSOR = 1024
+"""Header budget per parameter (two entries and a probe pair take ~300 bytes plus the name, x3)."""
+MAX_ABS_VALUE = 1e9
+"""Largest |coefficient| a file may hold. Parameters are O(1) and a coefficient of a 4096-element
+chunk is at most 64 times its chunk's largest element, so no pseudo-gradient comes near; the bound
+keeps every later float32 sum, square and inverse transform of accepted values finite."""
 META_KEY = "gauntlet"
 META_FIELDS = ("format_version", "window", "uid", "fingerprint", "codec", "probe")
 IDX_DTYPES = ("I16", "I32", "I64")
@@ -76,6 +86,13 @@ class ModelSpec:
         return cls(shapes=shapes, fingerprint=fingerprint, chunk=codec.chunk, topk=codec.topk)
 
     @cached_property
+    def max_header_bytes(self) -> int:
+        """The header cap for this model: real headers use under a third of it."""
+        names = sum(len(n) for n in self.shapes)
+        budget = 4096 + 2 * len(self.fingerprint) + HEADER_BYTES_PER_TENSOR * len(self.shapes) + 6 * names
+        return min(MAX_HEADER_BYTES, budget)
+
+    @cached_property
     def layouts(self) -> Mapping[str, Layout]:
         return MappingProxyType({n: layout(s, self.chunk, self.topk) for n, s in self.shapes.items()})
 
@@ -103,6 +120,9 @@ def write_submission(window: int, uid: int, fingerprint: str, codec: DCTCodec, g
             raise ValueError(f"{name}: negative index {int(idx.min())}")
         if not bool(torch.isfinite(vals).all()):
             raise ValueError(f"{name}: vals hold NaN or Inf; the validator would refuse this file")
+        if vals.numel() and float(vals.abs().max()) > MAX_ABS_VALUE:
+            raise ValueError(f"{name}: |vals| reach {float(vals.abs().max()):.3g}, over MAX_ABS_VALUE "
+                             f"{MAX_ABS_VALUE:g}; the validator would refuse this file")
         small = idx.numel() == 0 or int(idx.max()) <= torch.iinfo(torch.int16).max
         tensors[f"{name}.idx"] = idx.detach().to("cpu", torch.int16 if small else torch.int32).contiguous()
         tensors[f"{name}.vals"] = vals.detach().to("cpu", torch.float32).contiguous()
@@ -134,7 +154,10 @@ class _Reject(Exception):
 def parse_submission(data: bytes, *, window: int, uid: int, spec: ModelSpec, max_bytes: int) -> Submission | Verdict:
     """A checked `Submission`, or a MALFORMED / NON_FINITE verdict whose detail names the fault.
 
-    `window` and `uid` are those of the key the file was read from; the file must agree.
+    `window` and `uid` are those of the key the file was read from; the file must agree. Time
+    and memory are linear in the file's size. An exception the checks did not foresee is a bug
+    of this parser, not proof of a bad file: it becomes a VALIDATOR_FAULT verdict (the peer is
+    neither penalised nor accepted) so that one file can never stop the window.
     """
     if not isinstance(data, bytes):
         raise TypeError(f"parse_submission needs bytes, got {type(data).__name__}")
@@ -142,12 +165,15 @@ def parse_submission(data: bytes, *, window: int, uid: int, spec: ModelSpec, max
         return _parse(data, window, uid, spec, max_bytes)
     except _Reject as rej:
         return Verdict(uid, rej.reason, rej.detail, stage="filter")
+    except Exception as exc:  # noqa: BLE001 - the last guard of a window against one file
+        return Verdict(uid, Reason.VALIDATOR_FAULT, f"the parser failed unexpectedly: {type(exc).__name__}: {exc}",
+                       stage="filter")
 
 
 def _parse(data: bytes, window: int, uid: int, spec: ModelSpec, max_bytes: int) -> Submission:
     if len(data) > max_bytes:
         raise _Reject(f"file is {len(data)} bytes, over the cap of {max_bytes} bytes")
-    header = _read_header(data)
+    header = _read_header(data, spec.max_header_bytes)
     meta = _read_metadata(header)
     _check_identity(meta, window, uid, spec)
     probe = _check_probe(meta["probe"], spec)
@@ -162,44 +188,28 @@ def _parse(data: bytes, window: int, uid: int, spec: ModelSpec, max_bytes: int) 
 
 
 def _strict_json(text: bytes | str, what: str) -> Any:
-    """json.loads that refuses duplicate keys and NaN/Infinity, and turns any failure into a reject.
-
-    Duplicate keys matter: Python keeps the last one while other parsers may keep the first, so a
-    file could show different tensors to different readers.
-    """
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        out = dict(items)
-        if len(out) != len(items):
-            dup = next(k for i, (k, _) in enumerate(items) if k in dict(items[:i]))
-            raise ValueError(f"duplicate key {dup!r}")
-        return out
-
-    def constant(name: str) -> Any:
-        raise ValueError(f"non-standard constant {name}")
-
     try:
-        return json.loads(text, object_pairs_hook=pairs, parse_constant=constant)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise _Reject(f"{what} is not valid JSON: {type(exc).__name__}: {str(exc)[:200]}") from None
+        return safejson.loads(text)
+    except safejson.JSONRefused as exc:
+        raise _Reject(f"{what} is not valid JSON: {exc}") from None
 
 
-def _read_header(data: bytes) -> dict[str, Any]:
+def _read_header(data: bytes, cap: int) -> dict[str, Any]:
     if len(data) < 8:
         raise _Reject(f"file is {len(data)} bytes: truncated before the 8-byte safetensors header length")
     n = int.from_bytes(data[:8], "little")
-    if n > MAX_HEADER_BYTES:
-        raise _Reject(f"header length field says {n} bytes, over the cap of {MAX_HEADER_BYTES} "
+    if n > cap:
+        raise _Reject(f"header length field says {n} bytes, over this model's cap of {cap} "
                       "(not a safetensors file?)")
     if n > len(data) - 8:
         raise _Reject(f"header length field says {n} bytes but only {len(data) - 8} follow: truncated file")
-    header = _strict_json(data[8:8 + n], "the safetensors header")
+    text = data[8:8 + n]
+    if not text.lstrip(b" \t\r\n").startswith(b"{"):
+        raise _Reject("the safetensors header does not start with a JSON object")
+    header = _strict_json(text, "the safetensors header")
     if not isinstance(header, dict):
         raise _Reject(f"the safetensors header is a JSON {type(header).__name__}, not an object")
     return header
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _read_metadata(header: dict[str, Any]) -> dict[str, Any]:
@@ -207,18 +217,18 @@ def _read_metadata(header: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(md, dict) or META_KEY not in md:
         raise _Reject(f"no gauntlet metadata: the safetensors header lacks __metadata__.{META_KEY}")
     if set(md) != {META_KEY} or not isinstance(md[META_KEY], str):
-        raise _Reject(f"__metadata__ must hold exactly one string entry {META_KEY!r}, got keys {sorted(md)}")
+        raise _Reject(f"__metadata__ must hold exactly one string entry {META_KEY!r}, got keys {show(sorted(md))}")
     meta = _strict_json(md[META_KEY], "the gauntlet metadata")
     if not isinstance(meta, dict):
         raise _Reject(f"the gauntlet metadata is a JSON {type(meta).__name__}, not an object")
     version = meta.get("format_version")
-    if version != FORMAT_VERSION or not _is_int(version):
-        raise _Reject(f"format_version {version!r} is not supported (this validator reads {FORMAT_VERSION})")
+    if version != FORMAT_VERSION or not is_int(version):
+        raise _Reject(f"format_version {show(version)} is not supported (this validator reads {FORMAT_VERSION})")
     missing = [f for f in META_FIELDS if f not in meta]
     extra = sorted(set(meta) - set(META_FIELDS))
     if missing or extra:
-        raise _Reject(f"gauntlet metadata: missing fields {missing}, unknown fields {extra}")
-    types = {"window": _is_int, "uid": _is_int, "fingerprint": lambda v: isinstance(v, str),
+        raise _Reject(f"gauntlet metadata: missing fields {missing}, unknown fields {show(extra)}")
+    types = {"window": is_int, "uid": is_int, "fingerprint": lambda v: isinstance(v, str),
              "codec": lambda v: isinstance(v, dict), "probe": lambda v: isinstance(v, dict)}
     for name, ok in types.items():
         if not ok(meta[name]):
@@ -232,41 +242,30 @@ def _check_identity(meta: dict[str, Any], window: int, uid: int, spec: ModelSpec
     if meta["uid"] != uid:
         raise _Reject(f"metadata says uid {meta['uid']} but the file was read from the key of uid {uid}")
     if meta["fingerprint"] != spec.fingerprint:
-        raise _Reject(f"model fingerprint {meta['fingerprint'][:80]!r} does not match the validator's "
+        raise _Reject(f"model fingerprint {show(meta['fingerprint'], 80)} does not match the validator's "
                       f"{spec.fingerprint!r}")
     codec = meta["codec"]
     if set(codec) != {"chunk", "topk"} or codec != {"chunk": spec.chunk, "topk": spec.topk} \
-            or not all(_is_int(v) for v in codec.values()):
-        raise _Reject(f"codec settings {json.dumps(codec)[:200]} do not match the validator's "
+            or not all(is_int(v) for v in codec.values()):
+        raise _Reject(f"codec settings {show(codec)} do not match the validator's "
                       f"chunk={spec.chunk} topk={spec.topk}")
 
 
 def _check_probe(probe: dict[str, Any], spec: ModelSpec) -> dict[str, list[float]]:
     missing = sorted(set(spec.shapes) - set(probe))
     if missing:
-        raise _Reject(f"sync probe lacks {len(missing)} tensor(s), first {missing[0]!r}")
+        raise _Reject(f"sync probe lacks {len(missing)} tensor(s), first {show(missing[0])}")
     extra = sorted(set(probe) - set(spec.shapes))
     if extra:
-        raise _Reject(f"sync probe names unknown tensor {extra[0][:200]!r}")
+        raise _Reject(f"sync probe names unknown tensor {show(extra[0])}")
     out: dict[str, list[float]] = {}
     for name in spec.shapes:
         pair = probe[name]
-        values = [_finite(v) for v in pair] if isinstance(pair, list) and len(pair) == 2 else [None]
+        values = [finite_float(v) for v in pair] if isinstance(pair, list) and len(pair) == 2 else [None]
         if any(v is None for v in values):
-            raise _Reject(f"sync probe for {name!r} must be two finite numbers, got {str(pair)[:100]}")
+            raise _Reject(f"sync probe for {name!r} must be two finite numbers, got {show(pair)}")
         out[name] = values
     return out
-
-
-def _finite(v: Any) -> float | None:
-    """A JSON number as a finite float, else None (JSON integers can be too large for a float)."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return None
-    try:
-        f = float(v)
-    except OverflowError:
-        return None
-    return f if math.isfinite(f) else None
 
 
 def _check_entries(header: dict[str, Any], spec: ModelSpec) -> None:
@@ -275,7 +274,7 @@ def _check_entries(header: dict[str, Any], spec: ModelSpec) -> None:
     expected = {f"{n}.{part}" for n in spec.shapes for part in ("idx", "vals")}
     unknown, missing = sorted(names - expected), sorted(expected - names)
     if unknown:
-        raise _Reject(f"unknown tensor {unknown[0][:200]!r} (not a parameter of the model)"
+        raise _Reject(f"unknown tensor {show(unknown[0])} (not a parameter of the model)"
                       + (f" and {len(unknown) - 1} more" if len(unknown) > 1 else ""))
     if missing:
         raise _Reject(f"missing tensor {missing[0]!r}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
@@ -286,10 +285,10 @@ def _check_entries(header: dict[str, Any], spec: ModelSpec) -> None:
                 raise _Reject(f"header entry of tensor '{name}.{part}' is not an object")
             dtype, shape = entry.get("dtype"), entry.get("shape")
             if dtype not in allowed:
-                raise _Reject(f"tensor '{name}.{part}' has dtype {str(dtype)[:20]!r}; allowed: {', '.join(allowed)}")
+                raise _Reject(f"tensor '{name}.{part}' has dtype {show(dtype, 20)}; allowed: {', '.join(allowed)}")
             want = [lay.n_chunks, lay.k]
-            if not isinstance(shape, list) or not all(_is_int(d) for d in shape) or shape != want:
-                raise _Reject(f"tensor '{name}.{part}' has shape {json.dumps(shape)[:60]}; expected {want} "
+            if not isinstance(shape, list) or not all(is_int(d) for d in shape) or shape != want:
+                raise _Reject(f"tensor '{name}.{part}' has shape {show(shape)}; expected {want} "
                               f"({lay.n_chunks} chunks of {lay.chunk_elems} elements, "
                               f"k = min(topk {spec.topk}, {lay.chunk_elems}) = {lay.k})")
 
@@ -312,6 +311,11 @@ def _check_tensors(name: str, idx: torch.Tensor, vals: torch.Tensor, lay: Layout
     if not bool(finite.all()):
         n_nan, n_inf = int(vals.isnan().sum()), int(vals.isinf().sum())
         raise _Reject(f"tensor '{name}.vals' holds {n_nan} NaN and {n_inf} Inf values", Reason.NON_FINITE)
+    big = vals.abs() > MAX_ABS_VALUE
+    if bool(big.any()):
+        chunk, col = (int(v) for v in big.nonzero()[0])
+        raise _Reject(f"tensor '{name}.vals': value {float(vals[chunk, col]):.3g} in chunk {chunk} is beyond "
+                      f"+-{MAX_ABS_VALUE:g}" + _more(big))
     return idx, vals
 
 

@@ -37,6 +37,23 @@ class Blame(StrEnum):
 # Reasons that mean the file itself is bad (an evaluated peer with one gets F = 0).
 INVALID_FILE = frozenset({Reason.MALFORMED, Reason.NON_FINITE})
 
+MAX_DETAIL = 300
+"""Characters of a verdict's detail kept: enough to name the fault, not a peer's payload."""
+
+
+def clean_detail(text: str, limit: int = MAX_DETAIL) -> str:
+    """`text` cut to `limit` characters with non-printable ones escaped (a newline becomes `\\n`).
+
+    Details often quote what a peer wrote; cut first so a huge detail costs nothing, then escape
+    so control characters, bidi overrides and lone surrogates never reach logs or audit files.
+    """
+    cut = text[:limit]
+    if not cut.isprintable():
+        cut = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in cut)
+    if len(text) > limit or len(cut) > limit:
+        cut = cut[:limit - 3] + "..."
+    return cut
+
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
@@ -45,6 +62,9 @@ class Verdict:
     detail: str = ""
     stage: str = "filter"
     """`fetch`, `filter`, `sync`, `copy` or `score`: where the decision was taken."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "detail", clean_detail(str(self.detail)))
 
     @property
     def ok(self) -> bool:

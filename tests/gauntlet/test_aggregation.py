@@ -72,6 +72,21 @@ def test_scaling_a_peer_changes_nothing() -> None:
         torch.testing.assert_close(after[name], before[name], rtol=1e-5, atol=1e-7)
 
 
+def test_values_at_the_ends_of_float32_aggregate_finitely() -> None:
+    """Any finite float32 file, from +-3.4e38 down to subnormals, gives a finite aggregate: the
+    unit norm is taken in float64, so neither the squares overflow nor the tiny peer is lost."""
+    codec = DCTCodec(64, 8)
+    peers = _peers(codec, 3)
+    top = torch.finfo(torch.float32).max
+    extreme = [{name: (idx, torch.sign(vals) * top) for name, (idx, vals) in peers[0].items()},
+               {name: (idx, torch.sign(vals) * 1e-44) for name, (idx, vals) in peers[1].items()}, peers[2]]
+    got = aggregate(codec, extreme, SHAPES)
+    want = _naive(codec, [{n: (i, torch.sign(v)) for n, (i, v) in p.items()} for p in extreme[:2]] + [peers[2]])
+    for name in SHAPES:
+        assert bool(torch.isfinite(got[name]).all())
+        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-6)
+
+
 def test_a_zero_peer_stays_zero_and_is_finite() -> None:
     codec = DCTCodec(64, 8)
     peers = _peers(codec, 2)

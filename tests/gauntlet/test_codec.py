@@ -241,6 +241,38 @@ def test_decode_rejects_malformed_coefficients() -> None:
         codec.encode(torch.zeros(2, 2, 2))
 
 
+def test_decode_refuses_non_finite_values() -> None:
+    codec = DCTCodec(64, 32)
+    idx, vals = codec.encode(_rand((64, 64)))
+    for bad in (math.nan, math.inf, -math.inf):
+        broken = vals.clone()
+        broken[0, 2] = bad
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            codec.decode(idx, broken, (64, 64))
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            codec.decode_mean(idx.unsqueeze(0), broken.unsqueeze(0), (64, 64))
+    with pytest.raises(ValueError, match="NaN or Inf"):  # float64 beyond float32 becomes inf
+        codec.decode(idx, vals.double() * 1e300, (64, 64))
+
+
+@pytest.mark.parametrize("shape", [(128, 64), (100,)])
+def test_extreme_finite_values_decode_exactly_scaled_and_never_nan(shape: tuple[int, ...]) -> None:
+    """Scaling by a power of two is exact, so decoding 2**60 * v is 2**60 * decode(v) bit for bit;
+    at float32's largest values every output element is a number or +-inf, never NaN."""
+    codec = DCTCodec(64, 32)
+    idx, vals = codec.encode(_rand(shape, seed=3))
+    assert torch.equal(codec.decode(idx, vals * 2.0**60, shape), codec.decode(idx, vals, shape) * 2.0**60)
+    both = (torch.stack([idx, idx]), torch.stack([vals, vals * 2.0**60]))
+    batch = codec.decode_batch(*both, shape)
+    torch.testing.assert_close(batch[0], codec.decode(idx, vals, shape))  # a quiet peer is not scaled by a loud one
+    torch.testing.assert_close(batch[1], batch[0] * 2.0**60)
+    huge = torch.sign(vals) * torch.finfo(torch.float32).max  # all at +-3.4e38
+    mean = codec.decode_mean(torch.stack([idx] * 3), torch.stack([huge] * 3), shape)
+    for out in (codec.decode(idx, huge, shape), mean):
+        assert not bool(out.isnan().any())
+        assert bool((torch.sign(out) == torch.sign(codec.decode(idx, torch.sign(vals), shape))).all())
+
+
 def test_from_config_uses_the_consensus_values() -> None:
     codec = DCTCodec.from_config(CodecConfig(chunk=32, topk=8))
     assert (codec.chunk, codec.topk) == (32, 8)

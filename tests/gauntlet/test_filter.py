@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import torch
 
-from gauntlet.filter import probe_values, steps_behind, sync_score, sync_verdict, timing_verdict
+from gauntlet.filter import SyncCheck, probe_values, steps_behind, sync_check, sync_score, sync_verdict, timing_verdict
 from gauntlet.verdicts import Reason
 
 T_MIN = 1_700_000_000.0
@@ -129,3 +130,49 @@ def test_sync_verdict() -> None:
     assert sync_verdict(9, 3.0, 3.0).ok
     assert sync_verdict(9, 3.0001, 3.0).reason is Reason.DESYNCED
     assert sync_verdict(9, 0.0, 3.0).detail == "0.0 steps behind the validator"
+
+
+BIG = 1.7e308  # finite; twice it is not
+
+
+@pytest.mark.parametrize(("ours", "theirs"), [([BIG, -BIG], [-BIG, BIG]), ([0.0, 0.0], [BIG, BIG]),
+                                              ([5e-324, 0.0], [-5e-324, 0.0])])
+def test_steps_behind_is_finite_for_any_finite_probe(ours: list[float], theirs: list[float]) -> None:
+    """|a - b| of two finite floats can overflow, and their sum can overflow fsum: x saturates."""
+    many = {f"t{i}": ours for i in range(50)}
+    for lr in (1e-300, 1e-3, 1e300):
+        x = steps_behind(many, {f"t{i}": theirs for i in range(50)}, lr)
+        assert math.isfinite(x) and x >= 0
+    assert steps_behind({"a": [BIG, -BIG]}, {"a": [-BIG, BIG]}, 1.0) == sys.float_info.max  # 3.4e308 saturates
+    assert steps_behind({"a": [BIG, 0.0]}, {"a": [0.0, 0.0]}, 1.0) == BIG / 2  # exact where it fits
+
+
+def test_steps_behind_refuses_non_finite_values_and_lr() -> None:
+    with pytest.raises(ValueError, match="finite"):
+        steps_behind({"a": [math.nan, 0.0]}, {"a": [0.0, 0.0]}, 1e-3)
+    with pytest.raises(ValueError, match="lr must be > 0 and finite"):
+        steps_behind({"a": [0.0]}, {"a": [0.0]}, math.inf)
+
+
+def _check(ours: dict, theirs: dict, lr: float = 1e-3) -> SyncCheck:
+    return sync_check(4, ours, theirs, lr, cap=5.0, exponent=2.5, max_steps=3.0)
+
+
+def test_sync_check_gives_a_verdict_for_probes_that_cannot_be_compared() -> None:
+    cases = [({"a": [1.0, 2.0]}, {"b": [1.0, 2.0]}, Reason.MALFORMED, "different tensors"),
+             ({"a": [1.0, 2.0]}, {"a": [1.0]}, Reason.MALFORMED, "2 validator values vs 1"),
+             ({"a": []}, {"a": []}, Reason.MALFORMED, "no values"),
+             ({"a": [1.0, 2.0]}, {"a": [1.0, math.inf]}, Reason.NON_FINITE, "NaN or Inf"),
+             ({"a": [math.nan, 2.0]}, {"a": [1.0, 2.0]}, Reason.VALIDATOR_FAULT, "validator's own probe")]
+    for ours, theirs, reason, words in cases:
+        out = _check(ours, theirs)
+        assert (out.verdict.uid, out.verdict.reason, out.verdict.stage) == (4, reason, "sync")
+        assert words in out.verdict.detail and out.steps is None and out.score is None
+
+
+def test_sync_check_scores_extreme_probes_finitely() -> None:
+    out = _check({"a": [BIG, -BIG]}, {"a": [-BIG, BIG]}, lr=1e-300)
+    assert out.verdict.reason is Reason.DESYNCED and out.score == 0.0 and math.isfinite(out.steps)
+    assert "1.8e+308 steps behind" in out.verdict.detail
+    ok = _check({"a": [1.0, 2.0]}, {"a": [1.0 + 2e-3, 2.0]})
+    assert ok.verdict.ok and ok.steps == pytest.approx(1.0) and ok.score == pytest.approx(0.8**2.5)

@@ -18,8 +18,9 @@ import torch
 
 from gauntlet.codec import Compressed, DCTCodec
 from gauntlet.config import CodecConfig
+from gauntlet import submission
 from gauntlet.submission import (
-    MAX_HEADER_BYTES, ModelSpec, Submission, parse_submission, write_submission,
+    MAX_ABS_VALUE, MAX_HEADER_BYTES, ModelSpec, Submission, parse_submission, write_submission,
 )
 from gauntlet.verdicts import Reason, Verdict
 
@@ -171,12 +172,21 @@ def test_garbage_bytes() -> None:
     for _ in range(20):
         data = bytes(rng.randrange(256) for _ in range(rng.randrange(8, 3000)))
         _rejected(data)
-    _rejected(_with_header(b"\x93\xffnot json at all"), "not valid JSON")
+    _rejected(_with_header(b"{\x93\xffnot json at all"), "not valid JSON")
+    _rejected(_with_header(b"\x93\xffnot json at all"), "does not start with a JSON object")
 
 
 def test_header_length_huge() -> None:
-    _rejected(_with_header(b"{}", length=2**40), "says 1099511627776 bytes, over the cap")
-    _rejected(_with_header(b"{}", length=MAX_HEADER_BYTES + 1), "over the cap")
+    _rejected(_with_header(b"{}", length=2**40), "says 1099511627776 bytes, over this model's cap")
+    _rejected(_with_header(b"{}", length=SPEC.max_header_bytes + 1), "over this model's cap")
+
+
+def test_header_cap_fits_the_model_and_never_exceeds_the_global_cap() -> None:
+    """Real headers use well under a third of the cap; a model of thousands of tensors hits 4 MiB."""
+    data = write_submission(WINDOW, UID, FP, CODEC, _grads(), PROBE)
+    assert 3 * int.from_bytes(data[:8], "little") < SPEC.max_header_bytes < 16_384
+    huge = ModelSpec({f"layer{i}.weight": (8,) for i in range(10_000)}, FP, 64, 32)
+    assert huge.max_header_bytes == MAX_HEADER_BYTES
 
 
 def test_header_json_broken() -> None:
@@ -184,7 +194,7 @@ def test_header_json_broken() -> None:
 
 
 def test_header_json_deeply_nested_is_refused_not_crashing() -> None:
-    _rejected(_with_header(b"[" * 200_000 + b"]" * 200_000), "not valid JSON")
+    _rejected(_with_header(b'{"a":' + b"[" * 3_000 + b"]" * 3_000 + b"}"), "not valid JSON", "RecursionError")
 
 
 def test_header_with_duplicate_keys_is_refused() -> None:
@@ -194,7 +204,8 @@ def test_header_with_duplicate_keys_is_refused() -> None:
 
 
 def test_header_not_an_object() -> None:
-    _rejected(_with_header(b"[1, 2, 3]"), "JSON list, not an object")
+    _rejected(_with_header(b"[1, 2, 3]"), "does not start with a JSON object")
+    _rejected(_with_header(b' {"a": 1} '), "no gauntlet metadata")
 
 
 def test_tensor_bytes_at_wrong_offsets() -> None:
@@ -260,7 +271,7 @@ def test_metadata_nan_literal() -> None:
 
 def test_format_version_unsupported() -> None:
     _rejected(_file(meta=_meta(format_version=2)), "format_version 2 is not supported")
-    _rejected(_file(meta=_meta(format_version=True)), "format_version True is not supported")
+    _rejected(_file(meta=_meta(format_version=True)), "format_version true is not supported")
 
 
 def test_metadata_missing_and_unknown_fields() -> None:
@@ -303,12 +314,19 @@ def test_probe_for_unknown_tensor() -> None:
     _rejected(_file(meta=_meta(probe={**PROBE, "ghost": [1.0, 2.0]})), "unknown tensor 'ghost'")
 
 
-@pytest.mark.parametrize("pair", ["[1.0]", "[1.0, 2.0, 3.0]", '[1.0, "2"]', "[1.0, true]", "1.0", "null",
-                                  "[1e999, 0.0]", "[1" + "0" * 400 + ", 0]"])
+@pytest.mark.parametrize("pair", ["[1.0]", "[1.0, 2.0, 3.0]", '[1.0, "2"]', "[1.0, true]", "1.0", "null"])
 def test_probe_not_two_finite_numbers(pair: str) -> None:
-    """Raw JSON: 1e999 parses as inf, and a 401-digit integer overflows a float."""
+    """Raw JSON spliced into the metadata."""
     text = json.dumps(_meta(probe={**PROBE, "odd.weight": "@@"})).replace('"@@"', pair)
     _rejected(_file(meta=text), "sync probe for 'odd.weight' must be two finite numbers")
+
+
+@pytest.mark.parametrize(("pair", "words"), [("[1e999, 0.0]", "number '1e999' overflows a float"),
+                                             ("[1" + "0" * 400 + ", 0]", "integer literal of 401 characters")])
+def test_probe_numbers_refused_while_reading_json(pair: str, words: str) -> None:
+    """1e999 would parse as inf and a 401-digit integer costs int() quadratic time: refused on sight."""
+    text = json.dumps(_meta(probe={**PROBE, "odd.weight": "@@"})).replace('"@@"', pair)
+    _rejected(_file(meta=text), "the gauntlet metadata is not valid JSON", words)
 
 
 # --- tensors -----------------------------------------------------------------------------------
@@ -436,3 +454,24 @@ def test_parse_allocates_no_more_than_the_file_implies() -> None:
             header[f"{name}.{part}"] = {"dtype": dtype, "shape": [lay.n_chunks, lay.k], "data_offsets": [0, 0]}
     header["layer.weight.vals"]["shape"] = [2**40, 32]
     _rejected(_with_header(json.dumps(header).encode()), "has shape [1099511627776, 32]; expected [2, 32]")
+
+
+def test_an_unforeseen_parser_error_is_a_validator_fault_not_an_exception(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug in the checks must not stop the window, nor be blamed on the peer."""
+    def broken(*args: object) -> None:
+        raise RuntimeError("a bug\nin the checks")
+
+    monkeypatch.setattr(submission, "_check_tensors", broken)
+    out = _parse(write_submission(WINDOW, UID, FP, CODEC, _grads(), PROBE))
+    assert isinstance(out, Verdict) and out.reason is Reason.VALIDATOR_FAULT and out.blame == "validator"
+    assert out.detail == "the parser failed unexpectedly: RuntimeError: a bug\\nin the checks"
+
+
+def test_extreme_values_at_the_bound_pass_and_beyond_it_are_refused() -> None:
+    at = _edit("norm.weight.vals", lambda v: v.sign() * MAX_ABS_VALUE)
+    assert isinstance(_parse(_file(at)), Submission)
+    beyond = _edit("norm.weight.vals", lambda v: v * 0 + 3e38)
+    _rejected(_file(beyond), "tensor 'norm.weight.vals': value 3e+38 in chunk 0 is beyond +-1e+09 (32 such entries")
+    with pytest.raises(ValueError, match="over MAX_ABS_VALUE"):
+        write_submission(WINDOW, UID, FP, CODEC, {**_grads(), "norm.weight": (_grads()["norm.weight"][0],
+                                                                               torch.full((1, 32), 2e9))}, PROBE)
