@@ -29,7 +29,7 @@ class Answer:
     headers: dict[str, str | None] = field(default_factory=dict)
     """Overrides of the defaults (Content-Length of a bytes body, Last-Modified now); None drops one."""
     drip_s: float = 0.0
-    """Pause before each body byte: a slow drip."""
+    """Pause before each body byte (each byte of `raw`): a slow drip."""
     reset_after: int | None = None
     """Reset the connection (RST) after this many body bytes."""
     raw: bytes | None = None
@@ -43,7 +43,7 @@ def _head(answer: Answer) -> bytes:
         headers["Content-Length"] = str(len(answer.body))
     headers.update(answer.headers)
     lines = [f"HTTP/1.1 {answer.status} Hostile"] + [f"{k}: {v}" for k, v in headers.items() if v is not None]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
 
 
 class HostileS3:
@@ -95,7 +95,9 @@ class HostileS3:
 
     def _answer(self, conn: socket.socket, answer: Answer) -> None:
         if answer.raw is not None:
-            conn.sendall(answer.raw)
+            for i in range(len(answer.raw)) if answer.drip_s else [None]:
+                time.sleep(answer.drip_s)
+                conn.sendall(answer.raw if i is None else answer.raw[i:i + 1])
             return
         conn.sendall(_head(answer))
         chunks = [answer.body] if isinstance(answer.body, bytes) else answer.body()
