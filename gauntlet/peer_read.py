@@ -36,7 +36,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from gauntlet.storage import (AccessDenied, BucketSpec, ObjectMissing, ObjectTooLarge, StorageError,
                               StorageUnavailable, check_key)
 
-_DNS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="gauntlet-dns")
+_DNS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="gauntlet-dns")
 """Not the loop's default executor: `asyncio.run` would wait for a hung lookup past the deadline."""
 _CHUNK = 1 << 16
 _ERROR_BODY_MAX = 16 * 1024
@@ -250,6 +250,8 @@ async def _read(spec: BucketSpec, key: str, policy: EndpointPolicy, max_bytes: i
         except aiohttp.ClientResponseError as exc:  # the answer could not be parsed as HTTP
             said = "".join(c if c.isprintable() else " " for c in str(exc.message).split("\n", 1)[0])[:80]
             raise BadAnswer(f"{where}: not a valid HTTP answer ({said})") from exc
+        except aiohttp.ClientSSLError as exc:  # a certificate that is not the host's: the endpoint's doing
+            raise StorageError(f"{where}: TLS with the endpoint failed ({type(exc).__name__})") from exc
         except _DROPPED as exc:
             fault = StorageUnavailable(f"{where}: connection failed ({type(exc).__name__})")
         except aiohttp.ClientError as exc:

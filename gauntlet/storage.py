@@ -6,7 +6,8 @@ is judged by the store, never by a peer's claim. A download is refused by size b
 and bounded by a timeout, so a hostile peer cannot exhaust memory or stall a window. Failures are
 typed so that blame is right: `ObjectMissing` and `AccessDenied` are the peer's doing (its file or
 its committed credentials), `StorageUnavailable` is the network's or the validator's and must
-never be held against a peer.
+never be held against a peer. Peers' objects on S3 are read by `gauntlet.peer_read` instead,
+which trusts nothing the endpoint says; `Bucket` is for stores whose server we trust.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import pytest
 
 from gauntlet.peer_read import (REFUSED_DETAIL, EndpointPolicy, EndpointRefused, address_allowed, parse_endpoint,
                                 read_peer_object)
-from gauntlet.storage import AccessDenied, Bucket, BucketSpec, ObjectMissing
+from gauntlet.storage import AccessDenied, Bucket, BucketSpec, ObjectMissing, StorageError, StorageUnavailable
 from tests.s3server import S3Endpoint, bucket_spec, create_bucket, credentials_checked
 
 PUBLIC = EndpointPolicy(trusted_time_hosts=("*.r2.cloudflarestorage.com", "s3.*.amazonaws.com", "s3.amazonaws.com"))
@@ -87,3 +87,55 @@ def test_bad_arguments_are_refused_by_name():
         read_peer_object(s3, "a.bin", PRIVATE, 10, 0)
     with pytest.raises(ValueError, match="invalid object key"):
         read_peer_object(s3, "../a.bin", PRIVATE, 10, 1)
+
+
+def _self_signed(folder) -> tuple[str, str]:
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1)).sign(key, hashes.SHA256()))
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
+
+
+def test_an_endpoint_whose_certificate_does_not_verify_is_unusable_not_transient(tmp_path):
+    import socket
+    import ssl
+    import threading
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*_self_signed(tmp_path))
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            try:
+                with context.wrap_socket(conn, server_side=True) as tls:
+                    tls.recv(16)
+            except (OSError, ssl.SSLError):
+                pass
+
+    threading.Thread(target=serve, daemon=True).start()
+    spec = BucketSpec(kind="s3", endpoint_url=f"https://127.0.0.1:{server.getsockname()[1]}", bucket="bkt",
+                      access_key_id="a", secret_access_key="b")
+    try:
+        with pytest.raises(StorageError, match="TLS") as caught:
+            read_peer_object(spec, "a.bin", PRIVATE, max_bytes=100, budget_s=3)
+    finally:
+        server.close()
+    assert not isinstance(caught.value, StorageUnavailable)  # retrying would not change a certificate

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from gauntlet.config import load_config
 from gauntlet.peer_read import REFUSED_DETAIL
-from gauntlet.storage import Bucket, BucketSpec, gradient_key
+from gauntlet.storage import Bucket, gradient_key
 from gauntlet.verdicts import Reason
 from gauntlet.window.fetch import FetchRecord, fetch_one, fetch_window
 from gauntlet.window.plan import WindowPlan
@@ -205,3 +205,17 @@ def test_any_answer_gives_a_record_in_bounded_time(status, length, modified, con
     if record.error is None:
         assert record.size is not None and record.size <= CAP and record.last_modified is not None
         assert Path(record.path).stat().st_size == record.size
+
+
+_LABEL = st.text("abcxyz019-.:[]%@", min_size=1, max_size=20)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.one_of(st.text(max_size=80), st.builds("g1|s3|{}://{}|bkt|us-east-1|KEYID|SECRET".format,
+                                                      st.sampled_from(["http", "https", "ftp", "HTTPS", ""]), _LABEL)))
+def test_any_commitment_gives_a_record_in_bounded_time(text, tmp_path):
+    start = time.monotonic()
+    record = fetch_one(_plan({3: text}), 3, tmp_path, PUBLIC)
+    assert time.monotonic() - start < PUBLIC.filter.fetch_timeout_s + 1.0
+    assert record.error is not None and Reason(record.error) and record.detail
+    assert "SECRET" not in record.detail and "KEYID" not in record.detail
