@@ -13,6 +13,11 @@ included) into memory and follow redirects. The guarantees:
 - 429/5xx/SlowDown and dropped connections are retried a bounded number of times, then reported
   as `StorageUnavailable` (transient: the fetch stage decides who is to blame);
 - whether `last_modified` comes from a store the peer does not control is recorded (`time_trusted`).
+
+Trusted time: only the store's own clock decides timing and copy priority, so the allow-list
+names S3-API hosts of providers (R2, AWS S3), label by label: `*.amazonaws.com` would also match
+a peer's own EC2 machine. The stamp is whole seconds, and for a multipart upload it is the time
+the upload was started, not finished.
 """
 
 from __future__ import annotations
