@@ -172,6 +172,15 @@ class StorageConfig(_Section):
     root: str = "data/localnet/buckets"
     """Folder that holds one sub-folder per local bucket (embedded default)."""
     max_concurrency: int = Field(16, ge=1)
+    endpoint_policy: str = Field("auto", pattern="^(auto|public|allow_private)$")
+    """Peers' endpoints: `public` = https to public addresses only; `auto` = allow_private on a local chain."""
+    trusted_time_hosts: tuple[str, ...] = ("*.r2.cloudflarestorage.com", "*.eu.r2.cloudflarestorage.com",
+                                           "s3.amazonaws.com", "s3.*.amazonaws.com", "s3.dualstack.*.amazonaws.com")
+    """Stores whose LastModified a peer cannot set (`*` = one DNS label; not `*.amazonaws.com`: EC2 names)."""
+    local_trusted_time_hosts: tuple[str, ...] = ("127.0.0.1", "localhost")
+    """Also trusted for time, but only under the allow_private policy (the local network's moto)."""
+    fetch_retries: int = Field(2, ge=0, le=5)
+    """Retries of a 429/5xx/SlowDown or dropped answer, with back-off, inside filter.fetch_timeout_s."""
 
 
 class AuditConfig(_Section):

@@ -6,12 +6,14 @@ is judged by the store, never by a peer's claim. A download is refused by size b
 and bounded by a timeout, so a hostile peer cannot exhaust memory or stall a window. Failures are
 typed so that blame is right: `ObjectMissing` and `AccessDenied` are the peer's doing (its file or
 its committed credentials), `StorageUnavailable` is the network's or the validator's and must
-never be held against a peer.
+never be held against a peer. Peers' objects on S3 are read by `gauntlet.peer_read` instead,
+which trusts nothing the endpoint says; `Bucket` is for stores whose server we trust.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import re
 import time
@@ -32,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 COMMITMENT_VERSION = "g1"
 """First field of a bucket commitment; bump it when the layout below changes."""
 _TMP_PREFIX = ".gauntlet-tmp-"
+_REDACTED = "<keys redacted>"
 _KEY_RE = re.compile(r"^[A-Za-z0-9._\-]+(/[A-Za-z0-9._\-]+)*$")
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 _LOCAL_IO = ThreadPoolExecutor(max_workers=8, thread_name_prefix="gauntlet-local-io")
@@ -121,23 +124,38 @@ class BucketSpec(BaseModel):
         parts = (self.endpoint_url, self.bucket, self.region, self.access_key_id, self.secret_access_key)
         return "|".join((COMMITMENT_VERSION, "s3", *(p or "" for p in parts)))
 
+    def redacted(self) -> str:
+        """The commitment without its read keys (endpoint, bucket, region kept): safe for logs and audit."""
+        if self.kind == "local":
+            return self.to_commitment()
+        return "|".join((COMMITMENT_VERSION, "s3", self.endpoint_url or "", self.bucket or "", self.region, _REDACTED))
+
     @classmethod
     def from_commitment(cls, text: str) -> BucketSpec:
         if not isinstance(text, str):
             raise CommitmentError(f"a commitment is text; got {type(text).__name__}")
-        parts = text.strip().split("|")
+        parts = text.strip().split("|")  # messages never quote the text: it holds read keys
         if parts[0] != COMMITMENT_VERSION or len(parts) < 2:
-            raise CommitmentError(
-                f"commitment {text[:40]!r} is not a Gauntlet bucket spec (expected '{COMMITMENT_VERSION}|...')"
-            )
+            raise CommitmentError(f"commitment is not a Gauntlet bucket spec (expected '{COMMITMENT_VERSION}|...')")
         kind, fields = parts[1], parts[2:]
         names = {"local": ("path",), "s3": ("endpoint_url", "bucket", "region", "access_key_id", "secret_access_key")}
         if kind not in names or len(fields) != len(names[kind]):
-            raise CommitmentError(f"commitment kind {kind!r} with {len(fields)} fields is not a known layout")
+            shown = kind if kind in names else "unknown"
+            raise CommitmentError(f"commitment kind {shown!r} with {len(fields)} fields is not a known layout")
         try:
             return cls(kind=kind, **dict(zip(names[kind], fields)))
         except ValidationError as exc:
             raise CommitmentError(f"invalid bucket commitment: {exc.errors()[0]['msg']}") from exc
+
+
+def redact_commitment(text: object) -> str:
+    """Any commitment text, valid or not, with nothing that could be a key: a valid one keeps its
+    endpoint, bucket and region; anything else is only a digest, since any part of it might be secret."""
+    try:
+        return BucketSpec.from_commitment(text).redacted()  # type: ignore[arg-type]
+    except CommitmentError:
+        digest = hashlib.sha256(str(text).encode("utf-8", "replace")).hexdigest()[:16]
+        return f"<unparsed commitment sha256:{digest}>"
 
 
 def check_key(key: str) -> str:

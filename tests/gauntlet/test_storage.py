@@ -19,6 +19,7 @@ from gauntlet.storage import (
     ObjectTooLarge,
     StorageUnavailable,
     gradient_key,
+    redact_commitment,
 )
 from tests.s3server import FaultyProxy, S3Endpoint, bucket_spec, create_bucket, credentials_checked, moto_server
 
@@ -138,10 +139,10 @@ def test_s3_server_dying_mid_fetch_is_unavailable_not_a_hang(s3_server: S3Endpoi
 def test_s3_hung_server_hits_the_timeout(s3_server: S3Endpoint) -> None:
     name = create_bucket(s3_server)
     Bucket.from_spec(bucket_spec(s3_server, name)).put("big.bin", os.urandom(4 * 2**20))
-    with FaultyProxy(s3_server.url, fail_after=2**20, mode="stall") as proxy:
+    with FaultyProxy(s3_server.url, fail_after=64 * 1024, mode="stall") as proxy:  # stalls early: robust under load
         bucket = Bucket.from_spec(bucket_spec(s3_server, name, url=proxy.url))
         with pytest.raises(StorageUnavailable, match="timed out"):
-            bucket.get("big.bin", max_bytes=2**30, timeout_s=1.0)
+            bucket.get("big.bin", max_bytes=2**30, timeout_s=2.0)
         assert proxy.failed.is_set()
 
 
@@ -231,3 +232,26 @@ def test_local_specs_can_be_refused_on_a_real_network(tmp_path: Path) -> None:
     assert Bucket.from_spec(spec).name == str(tmp_path.resolve())
     with pytest.raises(CommitmentError, match="local network"):
         Bucket.from_spec(spec, allow_local=False)
+
+
+def test_redacted_commitments_keep_where_and_drop_the_keys() -> None:
+    text = R2.redacted()
+    assert R2.endpoint_url in text and R2.bucket in text and "|auto|" in text
+    assert R2.access_key_id not in text and R2.secret_access_key not in text
+    assert redact_commitment(R2.to_commitment()) == text
+    local = BucketSpec(kind="local", path="data/localnet/buckets/peer-3")
+    assert redact_commitment(local.to_commitment()) == local.to_commitment()  # a path is no secret
+
+
+@pytest.mark.parametrize("text", ["g1|s3|https://h|B!|r|KEYID|SECRET", "g1|ftp|KEYID|SECRET", "SECRET", 42, None])
+def test_unparsed_commitments_redact_to_a_digest(text: object) -> None:
+    out = redact_commitment(text)
+    assert out.startswith("<unparsed commitment sha256:") and "SECRET" not in out and "KEYID" not in out
+    assert redact_commitment(text) == out != redact_commitment("other")
+
+
+def test_commitment_errors_never_quote_the_text() -> None:
+    for text in ("SECRET|s3", "g1|SECRET|x", "g1|s3|SECRET"):
+        with pytest.raises(CommitmentError) as caught:
+            BucketSpec.from_commitment(text)
+        assert "SECRET" not in str(caught.value)
