@@ -22,6 +22,7 @@ so estimates and exact scores rank on one scale.
 from __future__ import annotations
 
 import random
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -136,3 +137,36 @@ def calibrated(estimates: Mapping[int, float], exact: Mapping[int, float]) -> di
         if slope > 0:
             a, b = my - slope * mx, slope
     return {u: exact[u] if u in exact else a + b * v for u, v in estimates.items()}
+
+
+# How well two scorings of the same peers agree (the benchmark's figures; a window could record
+# them on its exactly scored peers as a health signal of the estimate).
+
+def _ranks(values: list[float]) -> list[float]:
+    order = sorted(range(len(values)), key=values.__getitem__)
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):  # ties share their mean rank
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2
+        i = j + 1
+    return ranks
+
+
+def spearman(a: Mapping[int, float], b: Mapping[int, float]) -> float:
+    """Rank correlation of two scorings of the same peers (ties share their mean rank)."""
+    if set(a) != set(b) or len(a) < 2:
+        raise ValueError(f"spearman needs the same peers (at least two) on both sides, got {len(a)} and {len(b)}")
+    uids = sorted(a)
+    ra, rb = _ranks([a[u] for u in uids]), _ranks([b[u] for u in uids])
+    return statistics.correlation(ra, rb)
+
+
+def topg_overlap(a: Mapping[int, float], b: Mapping[int, float], g: int) -> float:
+    """Share of the top `g` peers by `a` that are also in the top `g` by `b`."""
+    if g < 1:
+        raise ValueError(f"g must be >= 1, got {g}")
+    return len(set(_by_estimate(a)[:g]) & set(_by_estimate(b)[:g])) / g

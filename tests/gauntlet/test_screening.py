@@ -9,7 +9,7 @@ from gauntlet.config import load_config
 from gauntlet.model import build_model
 from gauntlet.scoring import LossEvaluator, score_peers
 from gauntlet.screening import (calibrated, choose_exact, estimate_scores, first_order_score, near_cutoff,
-                                random_gradient)
+                                random_gradient, spearman, topg_overlap)
 
 VOCAB = 256
 
@@ -95,3 +95,16 @@ def test_calibrated_fits_a_line_on_the_exact_peers():
     inverted = calibrated(est, {1: 2.0, 3: 1.0})  # a falling line would invert the ranking
     assert inverted[2] == 2.0 and inverted[4] == 4.0
     assert calibrated(est, {1: 0.7}) == {1: 0.7, 2: 2.0, 3: 3.0, 4: 4.0}
+
+
+def test_spearman_and_topg_overlap_against_scipy_and_by_hand():
+    from scipy.stats import spearmanr
+
+    a = {1: 0.3, 2: 0.1, 3: 0.1, 4: -0.2, 5: 0.9}
+    b = {1: 0.2, 2: 0.3, 3: 0.0, 4: -0.1, 5: 0.5}
+    uids = sorted(a)
+    assert spearman(a, b) == pytest.approx(spearmanr([a[u] for u in uids], [b[u] for u in uids]).statistic)
+    assert topg_overlap(a, b, 2) == 0.5  # {5, 1} against {5, 2}
+    assert topg_overlap(a, b, 5) == 1.0
+    with pytest.raises(ValueError, match="same peers"):
+        spearman(a, {1: 0.0, 2: 1.0})
