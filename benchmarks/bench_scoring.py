@@ -8,12 +8,14 @@
    `tiny`, max over min (the shared random-before is amortised, nothing else should change).
 3. `peak_memory_growth_per_peer`: the peak resident memory of scoring with a fresh dense delta
    per peer (as decoding makes), at 2 and at 10 peers, as a fraction of one delta's bytes.
-4. Screening on `tiny` after TRAIN_STEPS AdamW steps (past the first drop of the loss): honest peers (real gradients through
-   the codec) and hostile ones; Spearman and top-G overlap of estimated against exact s_k, the
+4. Screening on `tiny` after TRAIN_STEPS AdamW steps (past the first drop of the loss): honest
+   peers (real gradients through the codec) and hostile ones; Spearman and top-G overlap of estimated against exact s_k, the
    same for the screened pipeline's result (exact where chosen, calibrated elsewhere), and the
    speed-up of the screened pipeline over exact scoring of every peer.
 5. The cost model at 1.2B on one H200 (989 TFLOP/s bf16 dense, 40% MFU): peers per 96 s
    window, and GPUs for a 250-peer window with and without screening.
+6. `gpu_peers_per_window` and `gpu_mfu`: `benchmarks.scoring_gpu` on the 1.2B model in bf16 when a
+   CUDA device is present (None and the reason otherwise).
 
 Times are CPU seconds of this process (`time.process_time`, one torch thread): on a shared
 machine the wall clock measures the neighbours. The local network's data settings are used with
@@ -32,6 +34,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from benchmarks import scoring_gpu
 from gauntlet.codec import DCTCodec
 from gauntlet.config import GauntletConfig, load_config
 from gauntlet.costmodel import (FINEWEB_TOKENS_PER_ROW, H200_BF16_DENSE, PAPER_VOCAB, ScoringCost,
@@ -269,7 +272,7 @@ def main() -> dict:
     setup = Setup("tiny")
     _train(setup, TRAIN_STEPS)
     screen = screening_run(setup) | {"trained_steps": TRAIN_STEPS}
-    proj = projection()
+    proj, gpu = projection(), scoring_gpu.measure()
     result = {
         "scoring_efficiency_tiny": tiny["efficiency"], "scoring_efficiency_small": small["efficiency"],
         "per_peer_time_spread": max(per_peer) / min(per_peer),
@@ -280,8 +283,7 @@ def main() -> dict:
         "projected_peers_per_window_1p2b_h200": proj["default"]["exact"]["peers_per_window"],
         "gpus_for_250_peers": {"exact": proj["default"]["exact"]["gpus_for_250_peers"],
                                "screening": proj["default"]["screening"]["gpus_for_250_peers"]},
-        "gpu_peers_per_window": None,
-        "gpu_peers_per_window_reason": "not measured: this benchmark runs on the CPU only",
+        "gpu_peers_per_window": gpu["gpu_peers_per_window"], "gpu_mfu": gpu["gpu_mfu"], "gpu": gpu,
         "tiny": tiny, "small": small, "memory": memory, "screening": screen, "projection": proj,
         "seconds": time.process_time() - started,
     }
