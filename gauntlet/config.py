@@ -109,6 +109,23 @@ class ScoringConfig(_Section):
     """Peers per scoring task when the flow fans out."""
 
 
+class ScreeningConfig(_Section):
+    """Ours, off by default and in `paper`: see `gauntlet.screening`."""
+
+    enabled: bool = False
+    """Estimate every peer's s_k to first order from one backward pass on the window's random
+    batches, and score exactly only the peers `gauntlet.screening.choose_exact` picks."""
+    margin: int = Field(4, ge=0)
+    """Peers scored exactly beyond the top `aggregation.gather_size` by estimate."""
+    band: float = Field(0.25, ge=0)
+    """Near the gather cutoff: an estimate within band * median |estimate| of the cutoff's."""
+    max_near: int = Field(4, ge=0)
+    """At most this many near-cutoff peers (closest first) are added to the exact set."""
+    audit_peers: int = Field(2, ge=0)
+    """Peers drawn from the rest with the window's seed and scored exactly, so that an estimate
+    cannot be gamed unseen."""
+
+
 class UniquenessConfig(_Section):
     ema: float = Field(0.95, ge=0, lt=1)
     """`B = ema * B + (1 - ema) * b`."""
@@ -282,6 +299,7 @@ class GauntletConfig(_Section):
     codec: CodecConfig = CodecConfig()
     filter: FilterConfig = FilterConfig()
     scoring: ScoringConfig = ScoringConfig()
+    screening: ScreeningConfig = ScreeningConfig()
     uniqueness: UniquenessConfig = UniquenessConfig()
     rating: RatingConfig = RatingConfig()
     penalty: PenaltyConfig = PenaltyConfig()
