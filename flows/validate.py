@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow, get_run_logger
+from prefect.context import FlowRunContext
 from prefect_dask import DaskTaskRunner
 
 from gauntlet.config import GauntletConfig, load_config
@@ -26,6 +27,12 @@ def resolve_config(config: str | None, network: str | None, overrides: list[str]
     return with_identity(load_config(path, overrides=overrides or ()))
 
 
+def _runs_in_parallel() -> bool:
+    """Scoring is split into chunks only on a Dask cluster, where they run on separate workers
+    (on one machine they would queue on the one model lock and only add overhead)."""
+    return isinstance(FlowRunContext.get().task_runner, DaskTaskRunner)
+
+
 @flow(name="validate-window", flow_run_name="window-{window}", log_prints=True)
 def validate_window(window: int, config: str | None = None, network: str | None = None,
                     rerun: bool = False, force_weights: bool = False, overrides: list[str] | None = None) -> dict:
@@ -36,7 +43,7 @@ def validate_window(window: int, config: str | None = None, network: str | None 
     if already_validated(cfg, window) and not rerun:
         get_run_logger().info("window %s is already validated; pass rerun=True to recompute it", window)
         return {"window": window, "skipped": True}
-    stages = PrefectStages(window, parallel=bool(cfg.scaleout.dask_address), gpu=cfg.scaleout.gpu_resource)
+    stages = PrefectStages(window, parallel=_runs_in_parallel(), gpu=cfg.scaleout.gpu_resource)
     result = run_window(stages, cfg, window, rerun=rerun, force_weights=force_weights)
     report.window_artifacts(window, result)
     return {"window": window, "skipped": False, "weights": result.rated.weights, "gather": list(result.stepped.gather)}
