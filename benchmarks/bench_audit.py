@@ -82,7 +82,8 @@ def synthetic(window: int, rng: np.random.Generator, config_json: str) -> dict[s
             "size": opt(np.full(PEERS, 5_000_000), present),
             "last_modified": (opt(up, present) * 1e6).cast(pl.Int64).cast(pl.Datetime("us", "UTC")),
             "content_hash": pl.Series(hex_).scatter(np.flatnonzero(~present), None),
-            "archived_path": pl.Series([f"archive/{window}/{u}" for u in uid]).scatter(np.flatnonzero(~present), None)}),
+            "archived_path": pl.Series([f"archive/{window}/{u}" for u in uid]).scatter(np.flatnonzero(~present), None),
+            "time_trusted": present, "provider": pl.Series(["*.r2.cloudflarestorage.com"] * PEERS, dtype=pl.String)}),
         "verdicts": pl.DataFrame({
             "uid": uid, "stage": np.where(reason == "copied", "copy", "filter"), "reason": reason,
             "detail": [f"synthetic {r} for uid {u}" for r, u in zip(reason, uid)],
@@ -118,7 +119,7 @@ def synthetic(window: int, rng: np.random.Generator, config_json: str) -> dict[s
         "checkpoint_before": f"{window:064x}", "checkpoint_after": f"{window + 1:064x}",
         "validator_version": "0.1.0", "validator_hotkey": "5Bench", "gather_uids": list(range(15)),
         "gather_schedule_json": "[]", "plan_json": "{}", "lr": 4e-4, "timings_json": "{}",
-        "created_at": datetime.now(UTC), "internal_errors": 0}])
+        "created_at": datetime.now(UTC), "internal_errors": 0, "sync_ema_json": None}])
     return frames
 
 

@@ -36,14 +36,18 @@ def _iso(t: float) -> str:
 def timing_verdict(uid: int, last_modified: datetime | float | None, t_min: float, t_max: float) -> Verdict:
     """MISSING, TOO_EARLY, TOO_LATE or OK; both bounds of `[t_min, t_max]` are inside the window.
 
-    Times are unix seconds (or timezone-aware datetimes for `last_modified`).
+    Times are unix seconds (or timezone-aware datetimes for `last_modified`). S3 stores keep
+    LastModified in whole seconds, rounded down: a whole-second stamp means the upload happened
+    somewhere in `[t, t + 1)`, so it is too early only when `t + 1 <= t_min` (an honest upload in
+    the put window's first second is on time; a late one gains nothing).
     """
     if not t_min <= t_max:
         raise ValueError(f"put window is empty: t_min {t_min} > t_max {t_max}")
     if last_modified is None:
         return Verdict(uid, Reason.MISSING, "no file for this window", stage="filter")
     t = _seconds(last_modified)
-    if t < t_min:
+    early = t + 1.0 <= t_min if float(t).is_integer() else t < t_min
+    if early:
         return Verdict(uid, Reason.TOO_EARLY,
                        f"uploaded {t_min - t:.1f} s before the put window opened at {_iso(t_min)}", stage="filter")
     if t > t_max:

@@ -35,7 +35,7 @@ from gauntlet.rules import penalties as rules
 from gauntlet.rules.tracker import RuleTracker, record_evaluation, record_file
 from gauntlet.verdicts import INVALID_FILE, Reason, Verdict
 
-_MISSING = frozenset({Reason.MISSING, Reason.TOO_EARLY, Reason.TOO_LATE})
+_MISSING = frozenset({Reason.MISSING, Reason.TOO_EARLY, Reason.TOO_LATE, Reason.UNTRUSTED_TIME})
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,8 @@ def _records(store: AuditStore, window: int) -> list[FetchRecord]:
         lm = row["last_modified"].timestamp() if row["last_modified"] is not None else None
         error = None if path else Reason(verdicts[uid]["reason"])
         out.append(FetchRecord(uid, row["key"], row["size"], lm, row["content_hash"], path, error,
-                               "" if path else verdicts[uid]["detail"]))
+                               "" if path else verdicts[uid]["detail"], bool(row.get("time_trusted", True)),
+                               row.get("provider")))
     return out
 
 

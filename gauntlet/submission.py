@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ from gauntlet.safejson import finite_float, is_int, show
 from gauntlet.codec import Compressed, DCTCodec, Layout, layout
 from gauntlet.config import CodecConfig
 from gauntlet.verdicts import Reason, Verdict
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MAX_HEADER_BYTES = 4 * 2**20
@@ -156,8 +159,9 @@ def parse_submission(data: bytes, *, window: int, uid: int, spec: ModelSpec, max
 
     `window` and `uid` are those of the key the file was read from; the file must agree. Time
     and memory are linear in the file's size. An exception the checks did not foresee is a bug
-    of this parser, not proof of a bad file: it becomes a VALIDATOR_FAULT verdict (the peer is
-    neither penalised nor accepted) so that one file can never stop the window.
+    of this parser, not proof of a bad file: it becomes an `internal_error` verdict (the peer is
+    neither penalised nor accepted; window/guard.py has the rule) so that one file can never stop
+    the window.
     """
     if not isinstance(data, bytes):
         raise TypeError(f"parse_submission needs bytes, got {type(data).__name__}")
@@ -166,8 +170,8 @@ def parse_submission(data: bytes, *, window: int, uid: int, spec: ModelSpec, max
     except _Reject as rej:
         return Verdict(uid, rej.reason, rej.detail, stage="filter")
     except Exception as exc:  # noqa: BLE001 - the last guard of a window against one file
-        return Verdict(uid, Reason.VALIDATOR_FAULT, f"the parser failed unexpectedly: {type(exc).__name__}: {exc}",
-                       stage="filter")
+        log.exception("the parser failed unexpectedly on uid %s's file", uid)
+        return Verdict.internal_error(uid, "filter", exc)
 
 
 def _parse(data: bytes, window: int, uid: int, spec: ModelSpec, max_bytes: int) -> Submission:

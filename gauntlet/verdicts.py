@@ -16,6 +16,8 @@ class Reason(StrEnum):
     MISSING = "missing"
     TOO_EARLY = "too_early"
     TOO_LATE = "too_late"
+    UNTRUSTED_TIME = "untrusted_time"
+    """The upload time came only from the peer's own server (not a `storage.trusted_time_hosts` store)."""
     MALFORMED = "malformed"
     NON_FINITE = "non_finite"
     DESYNCED = "desynced"
@@ -85,6 +87,14 @@ class Verdict:
         out["reason"] = str(self.reason)
         out["blame"] = str(self.blame)
         return out
+
+    @staticmethod
+    def internal_error(uid: int, stage: str, exc: BaseException) -> Verdict:
+        """An unexpected exception while handling the peer's data (window/guard.py has the rule).
+        The detail names the exception type only: its message may quote the peer's bytes or, for
+        a refused endpoint, what answered behind it."""
+        return Verdict(uid, Reason.INTERNAL_ERROR, f"internal error in {stage} ({type(exc).__name__}); "
+                       "the validator's fault, logged with its traceback", stage=stage)
 
     @staticmethod
     def accept(uid: int, detail: str = "", stage: str = "filter") -> Verdict:

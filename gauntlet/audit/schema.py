@@ -60,6 +60,9 @@ _SPECS: dict[str, list[Column]] = {
         ("last_modified", _TS, True, "the object store's LastModified time; null if missing"),
         ("content_hash", pa.string(), True, f"{_HEX} of the file; null if not fetched"),
         ("archived_path", pa.string(), True, "where the validator kept a copy for replays; null if none"),
+        ("time_trusted", pa.bool_(), False,
+         "last_modified came from a store on storage.trusted_time_hosts, not from the peer's own server"),
+        ("provider", pa.string(), True, "the trusted-host pattern the endpoint matched; null for any other"),
     ],
     "verdicts": [
         WINDOW_ID,

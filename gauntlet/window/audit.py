@@ -17,6 +17,7 @@ from gauntlet.chain import WeightsResult
 from gauntlet.config import GauntletConfig
 from gauntlet.ratings import ValidatorState, update_moving_average
 from gauntlet.scoring import PeerLosses
+from gauntlet.storage import redact_commitment
 from gauntlet.verdicts import Reason, Verdict
 from gauntlet.window.evaluate import Evaluated
 from gauntlet.window.fetch import FetchRecord, Fetched
@@ -53,7 +54,7 @@ def _ts(seconds: float | None) -> datetime | None:
 def submission_rows(window: int, records: tuple[FetchRecord, ...]) -> list[dict]:
     return [{"window_id": window, "uid": r.uid, "key": r.key, "size": r.size,
              "last_modified": _ts(r.last_modified), "content_hash": r.content_hash,
-             "archived_path": r.path} for r in records]
+             "archived_path": r.path, "time_trusted": r.time_trusted, "provider": r.provider} for r in records]
 
 
 def verdict_rows(window: int, verdicts: Mapping[int, Verdict]) -> list[dict]:
@@ -96,6 +97,13 @@ def weight_rows(window: int, weights: Mapping[int, float], result: WeightsResult
             for u, w in sorted(weights.items())]
 
 
+def _redacted(plan: WindowPlan) -> dict:
+    """The plan as stored: commitments carry the peers' read keys, which never go to disk."""
+    out = plan.to_dict()
+    out["commitments"] = {uid: redact_commitment(text) for uid, text in plan.commitments.items()}
+    return out
+
+
 def window_row(cfg: GauntletConfig, result: WindowResult, timings: Mapping[str, float]) -> dict:
     plan, stepped, state = result.plan, result.stepped, result.rated.state
     return {
@@ -105,7 +113,7 @@ def window_row(cfg: GauntletConfig, result: WindowResult, timings: Mapping[str, 
         "checkpoint_after": stepped.checkpoint_after,
         "validator_version": __version__, "validator_hotkey": cfg.validator.hotkey, "gather_uids": list(stepped.gather),
         "gather_schedule_json": json.dumps([[e, list(u)] for e, u in state.gather_schedule]),
-        "plan_json": json.dumps(plan.to_dict()),
+        "plan_json": json.dumps(_redacted(plan)),
         "lr": plan.lr, "timings_json": json.dumps(dict(timings)), "created_at": datetime.now(UTC),
         "internal_errors": sum(v.reason is Reason.INTERNAL_ERROR for v in result.rated.verdicts.values()),
         "sync_ema_json": stepped.sync_ema or None,

@@ -11,8 +11,9 @@ to blame for a transient fault is decided for the window as a whole (`blame_outa
 from __future__ import annotations
 
 import hashlib
+import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -20,8 +21,10 @@ from gauntlet.config import GauntletConfig
 from gauntlet.peer_read import REFUSED_DETAIL, BadAnswer, EndpointPolicy, EndpointRefused, parse_endpoint, read_peer_object
 from gauntlet.storage import (AccessDenied, Bucket, BucketSpec, CommitmentError, ObjectMissing, ObjectTooLarge,
                               StorageError, StorageUnavailable, atomic_write, gradient_key)
-from gauntlet.verdicts import Reason
+from gauntlet.verdicts import Reason, Verdict
 from gauntlet.window.plan import WindowPlan
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -40,11 +43,6 @@ class FetchRecord:
     """`last_modified` comes from a store on `storage.trusted_time_hosts`, not from the peer's server."""
     provider: str | None = None
     """The trusted-host pattern the endpoint matched (groups peers when blaming an outage), or None."""
-
-    def row(self, window: int) -> dict[str, object]:
-        out = {"window_id": window, **asdict(self)}
-        out["archived_path"] = out.pop("path")
-        return out
 
 
 def archive_path(archive: Path, window: int, uid: int) -> Path:
@@ -86,7 +84,9 @@ def _failure(uid: int, key: str, exc: Exception) -> FetchRecord:
         if isinstance(exc, kind):
             return FetchRecord(uid, key, error=reason, detail=detail.format(exc=str(exc)[:300]))
     # a bug of ours: the window goes on, and the peer is not blamed for it
-    return FetchRecord(uid, key, error=Reason.VALIDATOR_FAULT, detail=f"fetch failed in the validator: {type(exc).__name__}")
+    log.error("fetch of uid %s failed in the validator", uid, exc_info=exc)
+    verdict = Verdict.internal_error(uid, "fetch", exc)
+    return FetchRecord(uid, key, error=verdict.reason, detail=verdict.detail)
 
 
 def fetch_one(plan: WindowPlan, uid: int, archive: Path, cfg: GauntletConfig) -> FetchRecord:

@@ -17,7 +17,7 @@ from pathlib import Path
 from torch import Tensor
 
 from gauntlet.config import GauntletConfig
-from gauntlet.filter import probe_values, steps_behind, sync_score, sync_verdict, timing_verdict
+from gauntlet.filter import SyncCheck, probe_values, sync_check, sync_score, sync_verdict, timing_verdict
 from gauntlet.ratings import PeerState, ValidatorState, is_banned
 from gauntlet.rules.sync import ema_of, steps_behind_iqm
 from gauntlet.submission import ModelSpec, Submission, parse_submission
@@ -58,13 +58,16 @@ class _Checked:
     closest: dict[int, tuple[int, float]] = field(default_factory=dict)
 
 
-def _steps_behind(theta_probe: Mapping[str, list[float]], probe: Mapping[str, list[float]], lr: float,
-                  cfg: GauntletConfig, sync_ema: str) -> float:
-    """Steps behind the validator: GAUNTLET.md's mean |delta| / lr, or the 2026 rule's IQM over an
-    EMA of each parameter's change (`rules.sync_iqm`)."""
-    if cfg.rules.sync_iqm:
-        return steps_behind_iqm(theta_probe, probe, ema_of(sync_ema), lr)
-    return steps_behind(theta_probe, probe, lr)
+def _sync(uid: int, theta_probe: Mapping[str, list[float]], probe: Mapping[str, list[float]], lr: float,
+          cfg: GauntletConfig, sync_ema: str) -> SyncCheck:
+    """Steps behind the validator and the sync verdict, for any probe the peer sends: GAUNTLET.md's
+    mean |delta| / lr, or the 2026 rule's IQM over an EMA of each parameter's change."""
+    f = cfg.filter
+    if not cfg.rules.sync_iqm:
+        return sync_check(uid, theta_probe, probe, lr, cap=f.sync_cap_steps, exponent=f.sync_exponent,
+                          max_steps=f.sync_max_steps)
+    x = steps_behind_iqm(theta_probe, probe, ema_of(sync_ema), lr)
+    return SyncCheck(sync_verdict(uid, x, f.sync_max_steps), x, sync_score(x, f.sync_cap_steps, f.sync_exponent))
 
 
 def _check_file(plan: WindowPlan, rec: FetchRecord, spec: ModelSpec, theta_probe: Mapping[str, list[float]],
@@ -72,6 +75,9 @@ def _check_file(plan: WindowPlan, rec: FetchRecord, spec: ModelSpec, theta_probe
     uid = rec.uid
     if rec.error is not None:
         return Verdict(uid, Reason(rec.error), rec.detail, stage="fetch")
+    if not rec.time_trusted:
+        return Verdict(uid, Reason.UNTRUSTED_TIME, "its upload time comes only from its own server: store the file "
+                       "with a provider on storage.trusted_time_hosts", stage="fetch")
     timing = timing_verdict(uid, rec.last_modified, plan.t_min, plan.t_max)
     if not timing.ok:
         return timing
@@ -79,13 +85,12 @@ def _check_file(plan: WindowPlan, rec: FetchRecord, spec: ModelSpec, theta_probe
                               max_bytes=int(cfg.filter.max_file_mb * 2**20))
     if isinstance(parsed, Verdict):
         return parsed
-    x = _steps_behind(theta_probe, parsed.probe, plan.lr, cfg, sync_ema)
-    verdict = sync_verdict(uid, x, cfg.filter.sync_max_steps)
-    out.steps[uid] = x
-    out.sync[uid] = sync_score(x, cfg.filter.sync_cap_steps, cfg.filter.sync_exponent)
-    if verdict.ok:
+    sync = _sync(uid, theta_probe, parsed.probe, plan.lr, cfg, sync_ema)
+    if sync.steps is not None:
+        out.steps[uid], out.sync[uid] = sync.steps, sync.score
+    if sync.verdict.ok:
         out.submissions[uid] = parsed
-    return verdict
+    return sync.verdict
 
 
 def _check_copies(records: Mapping[int, FetchRecord], cfg: GauntletConfig, out: _Checked) -> dict[int, CopyFinding]:
@@ -95,7 +100,7 @@ def _check_copies(records: Mapping[int, FetchRecord], cfg: GauntletConfig, out: 
     matrix = overlap_matrix(grads)
     out.closest = _closest(*matrix)
     copies = find_copies(
-        grads, {uid: records[uid].last_modified for uid in subs},
+        grads, {uid: records[uid].last_modified if records[uid].time_trusted else None for uid in subs},
         {uid: s.content_hash for uid, s in subs.items()},
         halve=u.overlap_halve, reset=u.overlap_reset, ban=u.overlap_ban, matrix=matrix,
     )

@@ -41,11 +41,4 @@ def guarded(uid: int, stage: str, fn: Callable[..., T], *args: object) -> T | Ve
         raise
     except GUARDED_ERRORS as exc:
         log.exception("internal error in stage %s while handling uid %s", stage, uid)
-        return internal_error(uid, stage, exc)
-
-
-def internal_error(uid: int, stage: str, exc: BaseException) -> Verdict:
-    """The verdict for an unexpected exception; the detail names the exception type only (the
-    message may quote the peer's bytes or, for a refused endpoint, what answered behind it)."""
-    return Verdict(uid, Reason.INTERNAL_ERROR, f"internal error in {stage} ({type(exc).__name__}); "
-                   "the validator's fault, logged with its traceback", stage=stage)
+        return Verdict.internal_error(uid, stage, exc)

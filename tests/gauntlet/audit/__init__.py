@@ -88,7 +88,8 @@ def synthetic_window(window: int, *, lr: float = 4e-4) -> dict[str, list[dict[st
         submissions.append({"uid": uid, "key": key.format(uid=uid), "size": None if up is None else 1_200_000 + uid,
                             "last_modified": None if up is None else datetime.fromtimestamp(up, UTC),
                             "content_hash": None if up is None else sha(f"{window}/{uid}"),
-                            "archived_path": None if up is None else f"archive/{window}/{uid}.safetensors"})
+                            "archived_path": None if up is None else f"archive/{window}/{uid}.safetensors",
+                            "time_trusted": up is not None, "provider": None})
         verdicts.append({"uid": uid, **_verdict(window, uid)})
         score = _score(window, uid)
         if score is not None:
@@ -107,6 +108,7 @@ def synthetic_window(window: int, *, lr: float = 4e-4) -> dict[str, list[dict[st
                 "validator_hotkey": "5Validator", "gather_uids": [HONEST, HONEST_2],
                 "gather_schedule_json": json.dumps([[window, [HONEST, HONEST_2]]]),
                 "plan_json": json.dumps({"window": window}), "lr": lr,
-                "timings_json": json.dumps({"fetch": 0.5, "score": 2.0}), "created_at": datetime.now(UTC), "internal_errors": 0}]
+                "timings_json": json.dumps({"fetch": 0.5, "score": 2.0}), "created_at": datetime.now(UTC), "internal_errors": 0,
+                "sync_ema_json": None}]
     return {"windows": windows, "submissions": submissions, "verdicts": verdicts, "scores": scores,
             "ratings": ratings, "weights": weights}
