@@ -299,9 +299,10 @@ class _Environ(EnvSettingsSource):
         return {key.lower(): value for key, value in self._environ.items()}
 
     def __call__(self) -> dict[str, Any]:
+        prefix = ENV_PREFIX.lower()
         for key in self.env_vars:
-            section = key[len(ENV_PREFIX):].split("__")[0] if key.startswith(ENV_PREFIX.lower()) else None
-            if section is not None and "__" in key and section not in GauntletConfig.model_fields:
+            section, nested, _ = key.removeprefix(prefix).partition("__")
+            if key.startswith(prefix) and nested and section not in GauntletConfig.model_fields:
                 raise ConfigError(f"environment variable {key.upper()} names no setting (no section "
                                   f"{section!r}); remove it or fix the name")
         return super().__call__()
