@@ -26,7 +26,8 @@ def traced_config(path: str | Path | None = None, *, preset: str | None = None,
     origins: dict[str, str] = {}
     for name, source in reversed(layers):  # lowest first, so higher layers overwrite
         for key in _flatten(source()):
-            origins[key] = f"environment {ENV_PREFIX}{key.upper().replace('.', '__')}" if name == "environment" else name
+            env_name = ENV_PREFIX + key.upper().replace(".", "__")
+            origins[key] = f"environment {env_name}" if name == "environment" else name
     return cfg, origins
 
 
