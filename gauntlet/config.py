@@ -1,9 +1,11 @@
 """One typed configuration tree for the validator, the miners and the local network.
 
-Sources, later ones win: a preset (``paper`` = the reference's constants, ``default`` = ours),
-then a TOML file, then ``GAUNTLET_<SECTION>__<FIELD>`` environment variables, then ``--set
-section.field=value`` overrides. Values that every validator must agree on (the consensus-critical
-ones) are pinned by ``tests/gauntlet/test_config.py``.
+Sources, later ones win: a preset (``paper`` = the reference's constants, ``default`` = ours; the
+files under ``gauntlet/presets/``), then a TOML file, then ``GAUNTLET_<SECTION>__<FIELD>``
+environment variables, then ``--set section.field=value`` overrides. pydantic-settings merges the
+sources (``load_config`` hands it one source object per layer); ``GauntletConfig`` itself stays a
+plain frozen model, so a stored config (``to_json``) reads back equal. Values that every validator
+must agree on (the consensus-critical ones) are pinned by ``tests/gauntlet/test_config.py``.
 
 This module imports neither torch nor prefect, so a deployment can validate a config cheaply.
 """
@@ -18,9 +20,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (BaseSettings, EnvSettingsSource, InitSettingsSource, PydanticBaseSettingsSource,
+                               SettingsConfigDict, SettingsError, TomlConfigSettingsSource)
 
 PRESETS = ("paper", "default", "templar-2026")
 ENV_PREFIX = "GAUNTLET_"
+PRESET_DIR = Path(__file__).with_name("presets")
+LOCAL_CONFIG = PRESET_DIR / "local.toml"
+"""The local network's settings (tiny model, short windows), shipped with the package."""
 
 
 class ConfigError(ValueError):
@@ -28,16 +36,18 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, use_attribute_docstrings=True)
 
 
 class ChainConfig(_Section):
     network: str = "local"
     """`local` (the file ledger), or a bittensor network: `finney`, `test`, or a `ws://` URL."""
     netuid: int = Field(3, ge=0)
+    """The subnet's uid on the chain (Templar: 3)."""
     blocks_per_window: int = Field(8, ge=1)
     """Paper: 8 blocks of 12 s, about 96 s a window."""
     block_time_s: float = Field(12.0, gt=0)
+    """Seconds per block (the local ledger's clock; bittensor: 12)."""
     validator_offset: int = Field(2, ge=1)
     """Window W is validated once the chain is at window W + validator_offset."""
     start_window: int = Field(0, ge=0)
@@ -45,9 +55,13 @@ class ChainConfig(_Section):
     ledger: str = "data/localnet/chain.sqlite"
     """Path of the local ledger when `network = "local"`."""
     wallet_name: str = "default"
+    """Bittensor wallet (coldkey) name under `wallet_path`."""
     wallet_hotkey: str = "default"
+    """Hotkey name of that wallet; its ss58 address is the validator's identity on chain."""
     wallet_path: str = "~/.bittensor/wallets"
+    """Folder of the bittensor wallets."""
     version_key: int = Field(0, ge=0)
+    """Sent with every weights extrinsic; a subnet may refuse other versions."""
 
 
 class DataConfig(_Section):
@@ -56,13 +70,18 @@ class DataConfig(_Section):
     tokenizer: str = "data/tokenizer"
     """A local Hugging Face tokenizer folder (`save_pretrained` layout)."""
     pages_per_window: int = Field(6, ge=1)
+    """Pages a peer trains on per window (`assign_pages(seed=uid, ...)`)."""
     rows_per_page: int = Field(100, ge=1)
+    """Corpus rows per page."""
     seq_len: int = Field(2048, ge=8)
+    """Tokens per training sequence."""
     batch_size: int = Field(6, ge=1)
+    """Sequences per batch, for training and for scoring."""
 
 
 class ModelConfig(_Section):
     size: Literal["tiny", "small", "paper-1.2b"] = "paper-1.2b"
+    """Model shape: the paper's 1.2B LLaMA, or smaller ones for laptops and tests."""
     init_seed: int = 0
     """Every node builds the same initial weights from this seed."""
 
@@ -71,7 +90,9 @@ class CodecConfig(_Section):
     chunk: int = Field(64, ge=1, le=4096)
     """Largest chunk edge; the chunk of a dimension is its largest divisor <= chunk."""
     topk: int = Field(32, ge=1)
+    """DCT coefficients kept per chunk (by magnitude)."""
     momentum: float = Field(0.999, ge=0, lt=1)
+    """Miner momentum: `m = momentum * m + lr * g`."""
     error_feedback_after: int = Field(5, ge=0)
     """Error feedback is skipped in the first N windows a miner trains."""
 
@@ -80,22 +101,30 @@ class FilterConfig(_Section):
     put_window_s: float = Field(10.0, gt=0)
     """`t_max = t_min + put_window_s`."""
     max_file_mb: float = Field(512.0, gt=0)
+    """A peer's file larger than this is refused before download."""
     fetch_timeout_s: float = Field(60.0, gt=0)
+    """Time allowed to download one peer's file."""
     sync_cap_steps: float = Field(5.0, gt=0)
+    """`sync = (1 - min(x, cap) / cap) ** exponent`, x = steps behind."""
     sync_exponent: float = Field(2.5, gt=0)
+    """Exponent of the sync score (see sync_cap_steps)."""
     sync_max_steps: float = Field(3.0, ge=0)
     """A peer more than this many steps behind fails the sync check."""
     probe_elements: tuple[int, ...] = (10, 11)
+    """Flat element indices per tensor that peers publish as their sync probe."""
 
 
 class ScoringConfig(_Section):
     eval_lr_factor: float = Field(0.2, gt=0)
+    """`theta_k = theta - eval_lr_factor * lr_W * sign(delta_k)` when scoring peer k."""
     sample_rate: float = Field(0.1, gt=0, le=1)
     """`max(1, floor(sample_rate * n_batches))` batches of each loader are scored."""
     policy: Literal["all", "sample"] = "all"
     """`all` (ours): every peer that passed stage 1; `sample` (paper): `peers_per_window`."""
     peers_per_window: int = Field(4, ge=1)
+    """Peers scored per window under `policy = "sample"`."""
     bins: int = Field(5, ge=1)
+    """Performance bins (by final score) the `sample` policy draws peers from."""
     random_pages: int = Field(6, ge=1)
     """Pages of random data per window (the paper used as many as a peer's own)."""
     seed_source: Literal["chain", "fixed"] = "chain"
@@ -103,6 +132,7 @@ class ScoringConfig(_Section):
     shared_random_batches: bool = True
     """Ours: the same random batches for every peer of the window (L_rand_before once)."""
     salt: str = "gauntlet"
+    """Mixed with the block hash into the window's random seed (`seed_source = "chain"`)."""
     device: str = "auto"
     """`auto` (CUDA when present, else CPU), `cpu`, `cuda`, `cuda:1`..."""
     chunk_peers: int = Field(8, ge=1)
@@ -132,9 +162,13 @@ class UniquenessConfig(_Section):
     own_margin: float = Field(0.0, ge=0)
     """b = +1 iff `r_own > s + own_margin * |s|`. Paper: 0; ours: 0.2 (see uniqueness.indicator)."""
     overlap_halve: float = Field(0.4, ge=0, le=1)
+    """Top-k index overlap at which the later uploader's score is halved."""
     overlap_reset: float = Field(0.5, ge=0, le=1)
+    """Overlap at which the later uploader's score is reset to 0."""
     overlap_ban: float = Field(0.6, ge=0, le=1)
+    """Overlap at which the later uploader is reset and barred for `ban_windows`."""
     ban_windows: int = Field(200, ge=0)
+    """Windows a copier stays barred."""
 
     @model_validator(mode="after")
     def _ordered(self) -> UniquenessConfig:
@@ -148,47 +182,62 @@ class UniquenessConfig(_Section):
 
 class RatingConfig(_Section):
     mu: float = 25.0
+    """OpenSkill Plackett-Luce: a new peer's mean skill."""
     sigma: float = Field(25.0 / 3.0, gt=0)
+    """A new peer's skill uncertainty (ordinal = mu - 3 sigma)."""
     beta: float = Field(7.0, gt=0)
+    """Performance noise of one match."""
     tau: float = Field(0.1, ge=0)
+    """Uncertainty added before each match, so ratings keep moving."""
 
 
 class PenaltyConfig(_Section):
     missing: float = Field(0.75, ge=0, le=1)
-    """Missing, early, late or invalid file: F and B are multiplied by this."""
+    """Missing, early, late or invalid file: F and B are multiplied by this (if positive)."""
     desynced: float = Field(0.75, ge=0, le=1)
-    inactive: float = Field(0.75, ge=0, le=1)
+    """Failed sync check: F and B are multiplied by this (if positive)."""
     reset_after: int = Field(25, ge=1)
     """Windows of inactivity after which a peer's rating is deleted."""
 
 
 class WeightConfig(_Section):
     power: float = Field(2.0, gt=0)
+    """`w_k = F_k ** power / sum_j F_j ** power` over peers with F > 0."""
     min_sum: float = Field(1e-8, ge=0)
+    """All weights are zero when that sum is at most this."""
     set_interval: int = Field(50, ge=1)
     """Weights are set on chain every N windows."""
 
 
 class AggregationConfig(_Section):
     gather_size: int = Field(15, ge=1)
+    """G: the top peers by weight whose gradients are aggregated."""
     refresh_every: int = Field(5, ge=1)
+    """The gather list is recomputed every N windows."""
     effective_after: int = Field(2, ge=0)
+    """A list chosen after validating W is used from window W + validator_offset + effective_after."""
     min_peers: int = Field(5, ge=1)
+    """A shorter list is topped up with the best-rated peers whose file passed stage 1."""
 
 
 class ScheduleConfig(_Section):
     peak_lr: float = Field(4e-4, gt=0)
+    """Learning rate at the end of the warm-up."""
     warmup_windows: int = Field(250, ge=0)
+    """Windows of linear warm-up."""
     warmup_start_factor: float = Field(0.1, gt=0, le=1)
+    """The warm-up starts at `warmup_start_factor * peak_lr`."""
     t0: int = Field(20000, ge=1)
+    """Length in windows of the first cosine cycle after the warm-up."""
     t_mult: int = Field(2, ge=1)
+    """Each cosine cycle is this many times longer than the previous one."""
     min_lr: float = Field(4e-5, ge=0)
+    """Learning rate at the bottom of each cosine cycle."""
 
 
 class StorageConfig(_Section):
-    root: str = "data/localnet/buckets"
-    """Folder that holds one sub-folder per local bucket (embedded default)."""
     max_concurrency: int = Field(16, ge=1)
+    """Peers' files downloaded in parallel."""
     endpoint_policy: str = Field("auto", pattern="^(auto|public|allow_private)$")
     """Peers' endpoints: `public` = https to public addresses only; `auto` = allow_private on a local chain."""
     trusted_time_hosts: tuple[str, ...] = ("*.r2.cloudflarestorage.com", "*.eu.r2.cloudflarestorage.com",
@@ -202,22 +251,19 @@ class StorageConfig(_Section):
 
 class AuditConfig(_Section):
     root: str = "data/localnet/audit"
-    archive_submissions: bool = True
-    """Keep a copy of every fetched file so a window can be replayed after buckets expire."""
+    """Folder of the audit tables (`<table>/window_id=<W>/part-0.parquet`)."""
 
 
 class ScaleoutConfig(_Section):
     dask_address: str = ""
-    """Empty: score on this machine (Prefect's thread pool). `tcp://host:8786`: an existing Dask
-    scheduler whose workers score chunks of peers (prefect-dask)."""
+    """Empty: score on this machine; `tcp://host:8786`: an existing Dask scheduler (prefect-dask)."""
     gpu_resource: bool = False
     """Route scoring tasks to Dask workers started with `--resources GPU=1`."""
 
 
 class ValidatorConfig(_Section):
     workdir: str = "data/localnet/validator"
-    """Checkpoints (`checkpoints/<W>.safetensors` = theta at the start of W) and the archive of
-    fetched files (`archive/<W>/<uid>.safetensors`)."""
+    """Checkpoints (`checkpoints/<W>.safetensors`) and the archive of fetched files (`archive/<W>/`)."""
     hotkey: str = "validator"
     """The validator's hotkey (ss58 address on a bittensor chain; a name on the local ledger)."""
 
@@ -293,6 +339,7 @@ class RulesConfig(_Section):
 
 class GauntletConfig(_Section):
     preset: Literal["paper", "default", "templar-2026"] = "default"
+    """The preset the other sources were layered on."""
     chain: ChainConfig = ChainConfig()
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -324,56 +371,55 @@ class GauntletConfig(_Section):
                 "filter.sync_max_steps must not exceed filter.sync_cap_steps "
                 f"({self.filter.sync_max_steps} > {self.filter.sync_cap_steps})"
             )
-        if self.data.rows_per_page * self.data.pages_per_window < 1:
-            raise ValueError("data: a window needs at least one row")
         return self
 
     def to_json(self) -> str:
         """The resolved config, as stored in the audit tables."""
         return self.model_dump_json()
 
-    def fingerprint_fields(self) -> dict[str, Any]:
-        """What a submission must agree on with the validator (model and codec)."""
-        return {"model": self.model.model_dump(), "codec": {"chunk": self.codec.chunk, "topk": self.codec.topk}}
+
+class _Layered(BaseSettings, GauntletConfig):
+    """The same tree, filled by pydantic-settings from the sources `load_config` hands it."""
+
+    model_config = SettingsConfigDict(extra="forbid", frozen=True, env_prefix=ENV_PREFIX,
+                                      env_nested_delimiter="__", case_sensitive=False)
 
 
-# Values that differ between presets. `paper` is the reference (templar v0.2.85); `default` holds
-# the improvements marked **ours** in GAUNTLET.md.
-_PRESET_VALUES: dict[str, dict[str, Any]] = {
-    "paper": {
-        "scoring": {"policy": "sample", "seed_source": "fixed", "shared_random_batches": False},
-        "uniqueness": {"own_margin": 0.0},
-    },
-    "default": {
-        "scoring": {"policy": "all", "seed_source": "chain", "shared_random_batches": True},
-        "uniqueness": {"own_margin": 0.2},
-    },
-    # The reference as it last ran (one-covenant/templar v2.1.28, hparams/hparams.json): the
-    # paper's choices where unchanged, its later rules on. Burn share stays 0 (owner policy).
-    "templar-2026": {
-        "scoring": {"policy": "sample", "peers_per_window": 20, "seed_source": "fixed",
-                    "shared_random_batches": False},
-        "uniqueness": {"own_margin": 0.0, "ban_windows": 20},
-        "filter": {"sync_cap_steps": 3.0, "sync_max_steps": 2.0},
-        "aggregation": {"gather_size": 20, "refresh_every": 2},
-        "weights": {"set_interval": 3},
-        "rules": {
-            "missing_in_match": True, "escalating_missing": True, "naughty": True, "reset_barred": True,
-            "negative_cut": True, "exclude_negative": True, "uniqueness_floor": True,
-            "zero_below": 1e-4, "sync_iqm": True, "weight_scheme": "ramp",
-        },
-    },
-}
+class _Environ(EnvSettingsSource):
+    """`GAUNTLET_RATING__TAU=0.3` from a given mapping (tests pass their own); unknown sections refused."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(_Layered)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {key.lower(): value for key, value in self._environ.items()}
+
+    def __call__(self) -> dict[str, Any]:
+        prefix = ENV_PREFIX.lower()
+        for key in self.env_vars:
+            section, nested, _ = key.removeprefix(prefix).partition("__")
+            if key.startswith(prefix) and nested and section not in GauntletConfig.model_fields:
+                raise ConfigError(f"environment variable {key.upper()} names no setting (no section "
+                                  f"{section!r}); remove it or fix the name")
+        return super().__call__()
 
 
-def _deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _deep_merge(dict(out[key]), value)
-        else:
-            out[key] = value
-    return out
+class _Preset(PydanticBaseSettingsSource):
+    """The lowest layer: the values of the preset the higher layers chose (else `default`)."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return preset_values(self.current_state.get("preset") or "default")
+
+
+def preset_values(name: str) -> dict[str, Any]:
+    """A preset's own values (gauntlet/presets/<name>.toml), `preset` included."""
+    if name not in PRESETS:
+        raise ConfigError(f"preset {name!r} is unknown; choose one of {', '.join(PRESETS)}")
+    return {**tomllib.loads((PRESET_DIR / f"{name}.toml").read_text()), "preset": name}
 
 
 def _parse_scalar(text: str) -> Any:
@@ -384,73 +430,67 @@ def _parse_scalar(text: str) -> Any:
         return text
 
 
-def _nest(dotted: str, value: Any) -> dict[str, Any]:
-    parts = [p for p in dotted.split(".") if p]
-    if not parts:
-        raise ConfigError(f"empty setting name in override {dotted!r}")
-    tree: dict[str, Any] = {parts[-1]: value}
-    for part in reversed(parts[:-1]):
-        tree = {part: tree}
-    return tree
-
-
-def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """`GAUNTLET_SCORING__EVAL_LR_FACTOR=0.3` -> {"scoring": {"eval_lr_factor": 0.3}}."""
-    environ = os.environ if environ is None else environ
-    out: dict[str, Any] = {}
-    for key, value in environ.items():
-        if not key.startswith(ENV_PREFIX) or "__" not in key:
-            continue
-        dotted = key[len(ENV_PREFIX):].lower().replace("__", ".")
-        out = _deep_merge(out, _nest(dotted, _parse_scalar(value)))
-    return out
-
-
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
-    """`["rating.beta=20", "weights.power=1"]` -> nested dict."""
+    """`["rating.beta=20", "weights.power=1"]` -> {"rating": {"beta": 20, ...}, "weights": {...}}."""
     out: dict[str, Any] = {}
     for item in items:
         name, sep, value = item.partition("=")
-        if not sep:
+        parts = [p for p in name.strip().split(".") if p]
+        if not sep or not parts:
             raise ConfigError(f"override {item!r} is not of the form section.field=value")
-        out = _deep_merge(out, _nest(name.strip(), _parse_scalar(value.strip())))
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} sets a field inside {part!r}, which is a value")
+        node[parts[-1]] = _parse_scalar(value.strip())
     return out
 
 
-def load_config(
-    path: str | Path | None = None,
-    *,
-    preset: str | None = None,
-    overrides: Iterable[str] | Mapping[str, Any] = (),
-    environ: Mapping[str, str] | None = None,
-) -> GauntletConfig:
-    """Resolve preset -> TOML file -> environment -> overrides, then validate.
-
-    The preset is taken from the argument, else from the file's top-level `preset`, else
-    `default`. Raises ConfigError naming the field and the fix.
-    """
-    file_values: dict[str, Any] = {}
+def config_sources(path: str | Path | None = None, *, preset: str | None = None,
+                   overrides: Iterable[str] | Mapping[str, Any] = (),
+                   environ: Mapping[str, str] | None = None) -> list[tuple[str, PydanticBaseSettingsSource]]:
+    """The layers, highest first, each with a name that says where a value came from."""
+    values = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides)
+    if preset is not None:
+        values["preset"] = preset
+    layers: list[tuple[str, PydanticBaseSettingsSource]] = [("--set", InitSettingsSource(_Layered, values))]
+    layers.append(("environment", _Environ(os.environ if environ is None else environ)))
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         try:
-            file_values = tomllib.loads(path.read_text())
+            layers.append((f"file {path}", TomlConfigSettingsSource(_Layered, toml_file=path)))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
-    env_values = env_overrides(environ)
-    set_values = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides)
-    chosen = preset or set_values.get("preset") or env_values.get("preset") or file_values.get("preset") or "default"
-    if chosen not in PRESETS:
-        raise ConfigError(f"preset {chosen!r} is unknown; choose one of {', '.join(PRESETS)}")
-    merged: dict[str, Any] = {"preset": chosen}
-    for layer in (_PRESET_VALUES[chosen], file_values, env_values, set_values):
-        merged = _deep_merge(merged, layer)
-    merged["preset"] = chosen
+    return layers + [("preset", _Preset(_Layered))]
+
+
+def load_config(path: str | Path | None = None, *, preset: str | None = None,
+                overrides: Iterable[str] | Mapping[str, Any] = (),
+                environ: Mapping[str, str] | None = None) -> GauntletConfig:
+    """Resolve preset -> TOML file -> environment -> overrides, then validate.
+
+    The preset is taken from the argument, else from the overrides, the environment or the
+    file's top-level `preset`, else `default`. Raises ConfigError naming the field and the fix.
+    """
+    return resolve(config_sources(path, preset=preset, overrides=overrides, environ=environ))
+
+
+def resolve(layers: Iterable[tuple[str, PydanticBaseSettingsSource]]) -> GauntletConfig:
+    """Merge named layers (highest first, as `config_sources` gives them) and validate."""
+    return _build([source for _, source in layers])
+
+
+def _build(sources: list[PydanticBaseSettingsSource]) -> GauntletConfig:
     try:
-        return GauntletConfig.model_validate(merged)
+        layered = _Layered(_build_sources=(tuple(sources), {}))
     except ValidationError as exc:
         raise ConfigError(_explain(exc)) from exc
+    except SettingsError as exc:
+        raise ConfigError(f"invalid configuration: {exc}; give environment values as TOML/JSON would") from exc
+    return GauntletConfig.model_validate({name: getattr(layered, name) for name in GauntletConfig.model_fields})
 
 
 def _explain(exc: ValidationError) -> str:
@@ -467,7 +507,5 @@ def _explain(exc: ValidationError) -> str:
 def with_overrides(config: GauntletConfig, overrides: Iterable[str] | Mapping[str, Any]) -> GauntletConfig:
     """A copy of a resolved config with some settings changed (replays' what-if)."""
     values = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides)
-    try:
-        return GauntletConfig.model_validate(_deep_merge(config.model_dump(), values))
-    except ValidationError as exc:
-        raise ConfigError(_explain(exc)) from exc
+    base = config.model_dump()
+    return _build([InitSettingsSource(_Layered, values), InitSettingsSource(_Layered, base)])

@@ -10,6 +10,7 @@ validator ran with (the window's stored config), not today's defaults.
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -165,7 +166,7 @@ def _rating(rows: list[Row], window: int) -> list[str]:
     match = "took part in this window's match" if r["rated_in_match"] else "not in this window's match: rating unchanged by it"
     out.append(f"  mu {_num(r['mu_before'])} -> {r['mu']:.3f}, sigma {_num(r['sigma_before'])} -> {r['sigma']:.3f}, "
                f"ordinal {_num(ord_before)} -> {r['ordinal']:.3f} ({match})")
-    out.append(f"  penalties: {', '.join(r['penalties']) if r['penalties'] else 'none'}")
+    out.append(f"  penalties: {_penalties(r)}")
     out.append(f"  final score F {_num(r['final_score_before'], '.4f')} -> {r['final_score']:.4f} "
                f"(F = ordinal x max(0, B) x sync for peers in the match; penalties multiply it)")
     if r["banned_until"] is not None and r["banned_until"] > window:
@@ -173,6 +174,28 @@ def _rating(rows: list[Row], window: int) -> list[str]:
     if r["inactive_windows"]:
         out.append(f"  inactive for {r['inactive_windows']} window(s) in a row")
     return out
+
+
+_MULTIPLIER = re.compile(r"(?<!B) x(\d+(?:\.\d*)?(?:e-?\d+)?)$")
+"""A penalty note that multiplies F (`desynced x0.75`, `too_late x0.75`, `... final score x0.5`)."""
+
+
+def _penalties(r: Row) -> str:
+    """The penalty notes, and whether they changed anything: multipliers shrink positive values only.
+
+    A multiplier (factor > 0) that leaves F <= 0 found F <= 0 already (F = ordinal x max(0, B) x sync
+    is negative when the ordinal is), so it did nothing to F. A reset note (F = 0) did change it.
+    """
+    notes = list(r["penalties"] or [])
+    if not notes:
+        return "none"
+    text = ", ".join(notes)
+    factors = [float(m.group(1)) for m in map(_MULTIPLIER.search, notes) if m]
+    if r["final_score"] > 0 or not factors or min(factors) <= 0 or any("reset" in n for n in notes):
+        return text
+    b = r["moving_average"]
+    what = "F or B (both <= 0)" if b is not None and b <= 0 else "F (<= 0)"
+    return f"{text} (no effect on {what}: penalties multiply positive values only)"
 
 
 def _weight(rows: list[Row], total: float, cfg: Row) -> list[str]:

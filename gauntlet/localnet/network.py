@@ -2,7 +2,7 @@
 
 Layout of a network folder (default `data/localnet/`):
 
-    config.toml      deployments/local.toml plus the absolute paths below; `load_config` reads it
+    config.toml      gauntlet/presets/local.toml plus the absolute paths below; `load_config` reads it
     chain.sqlite     the LocalChain ledger: the validator and every peer registered, each
                      bucket committed as a `BucketSpec` (the validator's holds its gather list)
     buckets/<hotkey>/  one local bucket per peer and one for the validator
@@ -31,12 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from gauntlet.chain import LocalChain
-from gauntlet.config import DataConfig, GauntletConfig, load_config, parse_overrides
+from gauntlet.config import LOCAL_CONFIG, DataConfig, GauntletConfig, load_config, parse_overrides
 from gauntlet.localnet.behaviours import BEHAVIOURS
 from gauntlet.storage import Bucket, BucketSpec, atomic_write
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_CONFIG = REPO_ROOT / "deployments" / "local.toml"
+DEFAULT_CONFIG = LOCAL_CONFIG
 DEFAULT_FOLDER = Path("data/localnet")
 HOSTILE_ORDER = ("copycat", "late", "malformed", "free_rider", "sign_flip", "data_ignorer", "stale", "noise",
                  "scaled", "early", "sybil")
@@ -165,7 +164,6 @@ def network_settings(folder: Path, config_path: Path, corpus: Path, tokenizer: P
         "data": {"corpus": str(corpus), "tokenizer": str(tokenizer)},
         "audit": {"root": str(folder / "audit")},
         "validator": {"workdir": str(folder / "validator")},
-        "storage": {"root": str(folder / "buckets")},
     }
     return _merge(_merge(values, extra), paths)
 

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from gauntlet.config import ConfigError, GauntletConfig, load_config, with_overrides
+from pathlib import Path
+
+from gauntlet.config import LOCAL_CONFIG, ConfigError, GauntletConfig, load_config, with_overrides
+from gauntlet.config_docs import explain_config, traced_config
+
+ROOT = Path(__file__).resolve().parents[2]
 
 # Every validator and miner must agree on these (GAUNTLET.md, templar v0.2.85). Changing one
 # changes the network's rules: this test must be edited on purpose, never by accident.
@@ -42,7 +47,6 @@ PAPER = {
     ("rating", "tau"): 0.1,
     ("penalty", "missing"): 0.75,
     ("penalty", "desynced"): 0.75,
-    ("penalty", "inactive"): 0.75,
     ("penalty", "reset_after"): 25,
     ("weights", "power"): 2.0,
     ("weights", "min_sum"): 1e-8,
@@ -96,6 +100,37 @@ def test_invalid_values_name_the_field_and_the_fix(override, message):
         load_config(overrides=[override])
 
 
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("GAUNTLET_RATING__BETA", "-1", "rating.beta"),
+    ("GAUNTLET_RATING__COLOUR", "1", "remove it"),
+    ("GAUNTLET_RATINGS__BETA", "1", "GAUNTLET_RATINGS__BETA names no setting"),
+    ("GAUNTLET_FILTER__PROBE_ELEMENTS", "[1, ", "filter"),
+    ("GAUNTLET_PRESET", "fast", "unknown"),
+])
+def test_bad_environment_values_name_the_variable_or_field(key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(environ={key: value})
+
+
+def test_environment_values_parse_like_toml():
+    env = {"GAUNTLET_FILTER__PROBE_ELEMENTS": "[3, 4, 5]", "GAUNTLET_SCALEOUT__GPU_RESOURCE": "true",
+           "GAUNTLET_CHAIN__WALLET_NAME": "123", "gauntlet_rating__tau": "0.5", "OTHER__X": "1"}
+    cfg = load_config(environ=env)
+    assert cfg.filter.probe_elements == (3, 4, 5) and cfg.scaleout.gpu_resource is True
+    assert cfg.chain.wallet_name == "123" and cfg.rating.tau == 0.5
+
+
+@pytest.mark.parametrize("where", ["argument", "set", "env", "file"])
+def test_the_preset_is_chosen_by_the_highest_source_and_applied_below_all(tmp_path, where):
+    path = tmp_path / "c.toml"
+    path.write_text(('preset = "paper"\n' if where == "file" else "") + "[uniqueness]\nema = 0.9\n")
+    cfg = load_config(path, preset="paper" if where == "argument" else None,
+                      overrides=["preset=paper"] if where == "set" else [],
+                      environ={"GAUNTLET_PRESET": "paper"} if where == "env" else {})
+    assert (cfg.preset, cfg.scoring.policy, cfg.uniqueness.own_margin, cfg.uniqueness.ema) == ("paper", "sample", 0.0, 0.9)
+    assert load_config(path, preset="default", environ={"GAUNTLET_PRESET": "paper"}).preset == "default"
+
+
 def test_bad_files_and_presets_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.toml")
@@ -105,12 +140,53 @@ def test_bad_files_and_presets_are_refused(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match="unknown"):
         load_config(preset="fast")
+    with pytest.raises(ConfigError, match="section.field=value"):
+        load_config(overrides=["rating.beta"])
+    with pytest.raises(ConfigError, match="remove it"):
+        load_config(overrides=["colour=1"])
+
+
+@pytest.mark.parametrize("removed", ["penalty.inactive=0.5", "audit.archive_submissions=false", "storage.root=x"])
+def test_settings_that_changed_nothing_are_gone(removed):
+    with pytest.raises(ConfigError, match="remove it"):
+        load_config(overrides=[removed])
+
+
+def test_local_network_config_ships_in_the_package():
+    packaged = load_config(LOCAL_CONFIG)
+    assert LOCAL_CONFIG.parent.parent.name == "gauntlet" and packaged.model.size == "tiny"
+    assert packaged == load_config(ROOT / "deployments" / "local.toml"), "deployments/local.toml drifted"
 
 
 def test_resolved_config_round_trips_and_overrides_copy():
     cfg = load_config()
     assert GauntletConfig.model_validate_json(cfg.to_json()) == cfg
     assert with_overrides(cfg, ["weights.power=1"]).weights.power == 1.0 and cfg.weights.power == 2.0
+
+
+def test_explain_lists_every_field_with_its_docstring():
+    cfg = load_config(preset="paper")
+    lines = explain_config(cfg).splitlines()
+    fields = [ln for ln in lines if " = " in ln and not ln.startswith("#")]
+    leaves = sum(len(type(getattr(cfg, s)).model_fields) for s in GauntletConfig.model_fields if s != "preset") + 1
+    assert len(fields) == leaves
+    assert all("  # " in ln and ln.split("  # ", 1)[1].strip() for ln in fields)
+    assert 'scoring.policy = "sample"  # `all` (ours)' in explain_config(cfg)
+    assert "filter.probe_elements = [10, 11]" in explain_config(cfg)
+
+
+def test_explain_marks_values_off_the_preset_and_their_source(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[rating]\nbeta = 9.0\n')
+    cfg, origins = traced_config(path, preset="paper", environ={"GAUNTLET_RATING__TAU": "0.3"},
+                                 overrides=["weights.power=1"])
+    text = explain_config(cfg, origins)
+    line = {ln.split(" = ")[0]: ln for ln in text.splitlines() if " = " in ln}
+    assert "[paper: 7.0; from file" in line["rating.beta"]
+    assert "[paper: 0.1; from environment GAUNTLET_RATING__TAU]" in line["rating.tau"]
+    assert "[paper: 2.0; from --set]" in line["weights.power"]
+    assert "paper:" not in line["rating.mu"] and "from" not in line["rating.mu"]
+    assert "[paper: 7.0]" in explain_config(cfg)  # without the origins: only the preset's value
 
 
 def test_config_imports_without_torch_or_prefect():

@@ -118,3 +118,21 @@ def test_unknown_window_or_uid_is_a_clear_error(root: Path, tmp_path: Path) -> N
         explain(tmp_path, HONEST, 0)
     with pytest.raises(ValueError, match="history"):
         explain(root, HONEST, 3, history=-1)
+
+
+@pytest.mark.parametrize(("final", "b", "penalties", "said"), [
+    (-1.25, 0.2, ["desynced x0.75"], "desynced x0.75 (no effect on F (<= 0): penalties multiply positive values only)"),
+    (0.0, 0.0, ["too_late x0.75"], "too_late x0.75 (no effect on F or B (both <= 0)"),
+    (-1.25, 0.2, ["top-k overlap: final score x0.5"], "x0.5 (no effect on F (<= 0)"),
+    (0.9, 0.2, ["desynced x0.75"], "penalties: desynced x0.75\n"),
+    (0.0, 0.2, ["malformed: final score reset, B x0.75"], "penalties: malformed: final score reset, B x0.75\n"),
+])
+def test_penalties_on_a_score_they_cannot_shrink_say_so(tmp_path: Path, final, b, penalties, said) -> None:
+    """Penalties multiply positive values only: a multiplier on F <= 0 changed nothing."""
+    tables = synthetic_window(3)
+    row = next(r for r in tables["ratings"] if r["uid"] == HONEST)
+    row.update(final_score=final, moving_average=b, penalties=penalties)
+    AuditStore(tmp_path).write_window(3, tables)
+    rating = _section(explain(tmp_path, HONEST, 3), "Rating") + "\n"
+    assert said in rating
+    assert ("no effect" in rating) == ("no effect" in said)

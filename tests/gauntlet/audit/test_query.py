@@ -111,24 +111,96 @@ def test_writes_are_refused(root: Path, sql: str, kind: str) -> None:
     assert _files(root) == before and not out.exists()
 
 
-def test_the_connection_itself_cannot_touch_files(root: Path) -> None:
-    """Past the parser: the locked connection refuses file access whatever the statement."""
-    out = root.parent / "direct.csv"
+@pytest.fixture(scope="module")
+def outside(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A readable Parquet file outside the audit root."""
+    path = tmp_path_factory.mktemp("elsewhere") / "other.parquet"
+    duckdb.connect().execute(f"COPY (SELECT 42 AS secret) TO '{path}'")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("sql", "error"),
+    [
+        ("COPY (SELECT * FROM scores) TO '{out}'", duckdb.PermissionException),
+        ("COPY (SELECT * FROM scores) TO '{root}/leak.parquet'", duckdb.PermissionException),
+        ("ATTACH '{root}/direct.db'", duckdb.PermissionException),
+        ("EXPORT DATABASE '{root}/export'", duckdb.PermissionException),
+        ("INSTALL httpfs", duckdb.PermissionException),
+        ("LOAD httpfs", duckdb.PermissionException),
+        ("SELECT * FROM read_csv('/etc/passwd')", duckdb.PermissionException),
+        ("SELECT * FROM read_text('/etc/hostname')", duckdb.PermissionException),
+        ("SELECT * FROM glob('/etc/*')", duckdb.PermissionException),
+        ("SELECT * FROM read_parquet('{outside}')", duckdb.PermissionException),
+        ("SELECT * FROM read_parquet('{root}/scores/../../{outside_rel}')", duckdb.PermissionException),
+        ("DELETE FROM scores", duckdb.Error),
+        ("DROP VIEW scores; SELECT 1", None),
+        ("SET enable_external_access = true", duckdb.InvalidInputException),
+        ("SET allowed_directories = ['/']", duckdb.InvalidInputException),
+        ("SET disabled_filesystems = ''", duckdb.InvalidInputException),
+    ],
+)
+def test_the_connection_itself_cannot_touch_files(root: Path, outside: Path, sql: str, error: type | None) -> None:
+    """Past the parser: the locked connection refuses file access outside the table folders."""
+    before, rows = _files(root), run_sql(root, "SELECT count(*) FROM scores").item()
     con = connect(root)
-    with pytest.raises(duckdb.PermissionException):
-        con.execute(f"COPY (SELECT * FROM scores) TO '{out}'")
-    with pytest.raises(duckdb.PermissionException):
-        con.execute(f"ATTACH '{root.parent / 'direct.db'}'")
-    with pytest.raises(duckdb.Error, match="locked"):
-        con.execute("SET enable_external_access = true")
+    statement = sql.format(out=root.parent / "direct.csv", root=root, outside=outside,
+                           outside_rel=Path("..") / outside.relative_to(outside.parents[1]))
+    if error is None:  # the view is dropped in this connection only; the files are untouched
+        con.execute(statement)
+    else:
+        with pytest.raises(error):
+            con.execute(statement)
+    con.close()
+    assert _files(root) == before and not (root.parent / "direct.csv").exists()
+    assert run_sql(root, "SELECT count(*) FROM scores").item() == rows > 0
+
+
+def test_python_variables_are_not_tables(root: Path) -> None:
     hidden = pl.DataFrame({"secret": [1]})  # DuckDB would otherwise read a Python variable by its name
+    con = connect(root)
     with pytest.raises(duckdb.CatalogException):
         con.sql("SELECT * FROM hidden")
-    assert hidden.height == 1
     con.close()
-    assert not out.exists() and not (root.parent / "direct.db").exists()
+    assert hidden.height == 1
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT * FROM read_csv('/etc/passwd')",
+    "SELECT * FROM read_parquet('{outside}')",
+    "SELECT * FROM read_parquet('{root}/../elsewhere*/other.parquet')",
+])
+def test_reads_outside_the_tables_are_refused(root: Path, outside: Path, sql: str) -> None:
     with pytest.raises(ReadOnlyError, match="file writes and reads are disabled"):
-        run_sql(root, f"SELECT * FROM read_parquet('{root}/scores/*/*.parquet')")
+        run_sql(root, sql.format(root=root, outside=outside))
+
+
+def test_an_overwrite_of_an_audit_file_never_reaches_duckdb(root: Path) -> None:
+    """DuckDB lets a COPY write into an allowed folder; the parser layer refuses it first."""
+    target = AuditStore(root).path("scores", 1)
+    before = target.read_bytes()
+    for sql in (f"COPY (SELECT 1 AS uid) TO '{target}' (FORMAT parquet, USE_TMP_FILE false)",
+                f"EXPLAIN ANALYZE COPY (SELECT 1 AS uid) TO '{target}' (USE_TMP_FILE false)",
+                f"ATTACH '{target}' AS x"):
+        with pytest.raises(ReadOnlyError):
+            run_sql(root, sql)
+    assert target.read_bytes() == before
+
+
+def test_views_are_native_parquet_scans(root: Path) -> None:
+    plan = run_sql(root, "EXPLAIN SELECT uid FROM scores WHERE window_id = 2")["explain_value"].item()
+    assert "READ_PARQUET" in plan.upper() and "ARROW" not in plan.upper()
+    expected = len(synthetic_window(2)["scores"])
+    assert run_sql(root, "SELECT count(*) FROM scores WHERE window_id = 2").item() == expected > 0
+
+
+def test_windows_argument_limits_the_views(root: Path) -> None:
+    con = connect(root, windows=[1, 3, 99])
+    assert con.sql("SELECT DISTINCT window_id FROM ratings ORDER BY 1").pl().to_series().to_list() == [1, 3]
+    con.close()
+    con = connect(root, windows=[])
+    assert con.sql("SELECT count(*) FROM ratings").fetchall() == [(0,)]
+    con.close()
 
 
 @pytest.mark.parametrize(

@@ -73,7 +73,7 @@ def test_init_creates_a_network_the_chain_describes(tmp_path: Path, data_paths) 
         assert (folder / sub).exists(), sub
     cfg = load_config(folder / "config.toml")
     assert cfg == net.config and cfg.model.size == "tiny" and cfg.filter.put_window_s == 1.5
-    assert cfg.chain.ledger == str(folder / "chain.sqlite") and cfg.storage.root == str(folder / "buckets")
+    assert cfg.chain.ledger == str(folder / "chain.sqlite")
     assert cfg.audit.root == str(folder / "audit") and cfg.validator.workdir == str(folder / "validator")
     assert cfg.data.corpus == str(data_paths["corpus"]) and Path(cfg.data.tokenizer).is_absolute()
 
