@@ -161,12 +161,16 @@ def _rating(rows: list[Row], window: int) -> list[str]:
     if not rows:
         return out + ["  no rating row (the peer was not known to the validator's state)"]
     r = rows[0]
+    if r["mu_before"] is None:
+        out.append("  first window this peer was rated in: it starts from the prior rating")
     before = r["mu_before"] is not None and r["sigma_before"] is not None
     ord_before = r["mu_before"] - 3 * r["sigma_before"] if before else None  # ordinal = mu - 3 sigma
     match = "took part in this window's match" if r["rated_in_match"] else "not in this window's match: rating unchanged by it"
     out.append(f"  mu {_num(r['mu_before'])} -> {r['mu']:.3f}, sigma {_num(r['sigma_before'])} -> {r['sigma']:.3f}, "
                f"ordinal {_num(ord_before)} -> {r['ordinal']:.3f} ({match})")
     out.append(f"  penalties: {_penalties(r)}")
+    if r.get("rules_fired"):
+        out.append("  2026 rules: " + "; ".join(r["rules_fired"]))
     out.append(f"  final score F {_num(r['final_score_before'], '.4f')} -> {r['final_score']:.4f} "
                f"(F = ordinal x max(0, B) x sync for peers in the match; penalties multiply it)")
     if r["banned_until"] is not None and r["banned_until"] > window:

@@ -136,3 +136,13 @@ def test_penalties_on_a_score_they_cannot_shrink_say_so(tmp_path: Path, final, b
     rating = _section(explain(tmp_path, HONEST, 3), "Rating") + "\n"
     assert said in rating
     assert ("no effect" in rating) == ("no effect" in said)
+
+
+def test_the_2026_rules_that_fired_are_named(tmp_path: Path) -> None:
+    tables = synthetic_window(3)
+    row = next(r for r in tables["ratings"] if r["uid"] == MISSING)
+    row.update(rules_fired=["cut x0.5: second missing file in a row"])
+    AuditStore(tmp_path).write_window(3, tables)
+    rating = _section(explain(tmp_path, MISSING, 3), "Rating")
+    assert "2026 rules: cut x0.5: second missing file in a row" in rating
+    assert "2026 rules" not in _section(explain(tmp_path, HONEST, 3), "Rating")
