@@ -49,6 +49,8 @@ CORE: tuple[Command, ...] = (
             "gauntlet.localnet.cli:register"),
     Command("replay", "recompute recorded windows from their stored inputs (what-if with --set)",
             "gauntlet.commands:register"),
+    Command("status", "is the validator healthy and caught up? (exit 1 when behind: a health check)",
+            "gauntlet.commands:register_status"),
 )
 """The core's commands, in the order `gauntlet --help` lists them."""
 

@@ -1,8 +1,9 @@
-"""Core commands that need no orchestrator: `replay` (direct, exit status 0/1/2).
+"""Core commands that need no orchestrator: `replay` and `status` (direct, exit status 0/1/2).
 
-Exit status: 0 when every window is reproduced (or for a what-if), 1 when a recorded value
-differs, 2 when the replay is refused (range, pruned inputs, bad setting). The replay machinery
-(torch) is imported by the handler, not here (see gauntlet/cli.py).
+`replay`: 0 when every window is reproduced (or for a what-if), 1 when a recorded value differs,
+2 when the replay is refused (range, pruned inputs, bad setting). `status`: 0 healthy, 1 behind
+(a health check), 2 no config. What they run (torch for replays) is imported by the handlers,
+not here (see gauntlet/cli.py).
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from pathlib import Path
 from gauntlet import replay_report
 
 HELP = "recompute recorded windows from their stored inputs (what-if with --set)"
+STATUS_HELP = "is the validator healthy and caught up? (exit 1 when behind: a health check)"
 
 
-def _fail(message: str) -> int:
-    print(f"gauntlet replay: {message}", file=sys.stderr)
+def _fail(message: str, command: str = "replay") -> int:
+    print(f"gauntlet {command}: {message}", file=sys.stderr)
     return 2
 
 
@@ -76,3 +78,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--details", action="store_true",
                    help="after the summary, every differing value (or each window's weights for a what-if)")
     p.set_defaults(func=_replay)
+
+
+def _status(args: argparse.Namespace) -> int:
+    path = Path(args.config) if args.config else Path(args.network) / "config.toml"
+    if not path.is_file():
+        what = (f"config file {path} does not exist" if args.config
+                else f"{args.network} holds no network ({path} is missing)")
+        return _fail(f"{what}; give --config FILE (a validator's TOML) or --network FOLDER", "status")
+    from gauntlet.config import load_config
+    from gauntlet.status import run_status
+
+    text, code = run_status(load_config(path, overrides=args.set or ()), as_json=args.json, last_n=args.last)
+    print(text)
+    return code
+
+
+def register_status(sub: argparse._SubParsersAction) -> None:
+    """Add `gauntlet status`."""
+    p = sub.add_parser("status", help=STATUS_HELP, description=(
+        "One screen on a validator: the chain's window, the last window validated and the lag, the last "
+        "weights and the chain's answer, failed windows, peers by verdict. Reads the chain and the audit "
+        "tables only. Exit status 0 when at most validator.max_lag_windows behind, else 1."))
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--config", help="a validator's TOML config file")
+    source.add_argument("--network", default="data/localnet",
+                        help="a local network folder, read through its config.toml (default: %(default)s)")
+    p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override a setting (repeatable)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--last", type=int, default=10, help="recent windows to summarise (default: %(default)s)")
+    p.set_defaults(func=_status)

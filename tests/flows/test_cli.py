@@ -153,3 +153,11 @@ def test_replay_of_an_empty_or_missing_root(tmp_path: Path, capsys: pytest.Captu
     assert "no window was ever validated" in capsys.readouterr().err
     assert main(["replay", "--root", str(tmp_path / "absent"), "--window", "0"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_status_without_a_config_names_the_fix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["status", "--network", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path} holds no network ({tmp_path / 'config.toml'} is missing)" in err and "--config FILE" in err
+    assert main(["status", "--config", str(tmp_path / "v.toml")]) == 2
+    assert f"config file {tmp_path / 'v.toml'} does not exist" in capsys.readouterr().err
