@@ -160,36 +160,23 @@ def _field_docs(model: type) -> dict[str, str]:
         if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
                 and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
                 and isinstance(after.value.value, str)):
-            docs.setdefault(node.target.id, inspect.cleandoc(after.value.value))
+            docs.setdefault(node.target.id, after.value.value)
     return docs
 
 
-_BOUNDS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
-
-
-def _bounds(field: Any) -> str:
-    found = [f"{_BOUNDS[k]} {getattr(m, k)}" for m in field.metadata for k in _BOUNDS if hasattr(m, k)]
-    return f"  ({', '.join(found)})" if found else ""
-
-
-def explain_settings(cfg: Any) -> str:
-    """Every setting of a resolved config, TOML-like, each with its value, bounds and meaning."""
-    lines: list[str] = []
-    for model, values, header in _sections(cfg):
-        docs = _field_docs(type(model))
-        lines += [header] if header else []
-        for name, value in values.items():
-            field = type(model).model_fields[name]
-            lines.append(f"{name} = {json.dumps(value)}{_bounds(field)}")
-            lines += [f"    {line}" for line in docs.get(name, "").splitlines()]
+def explain_settings(cfg: Any, prefix: str = "") -> str:
+    """Every setting as `section.field = value  # docstring` (the layout of config_docs.explain_config
+    on the config branch, which replaces this stand-in when the branches meet)."""
+    docs, lines = _field_docs(type(cfg)), []
+    for name in type(cfg).model_fields:
+        value = getattr(cfg, name)
+        if hasattr(type(value), "model_fields"):
+            lines.append(explain_settings(value, f"{prefix}{name}.").rstrip("\n"))
+        else:
+            line = f"{prefix}{name} = {json.dumps(list(value) if isinstance(value, tuple) else value)}"
+            doc = " ".join(docs.get(name, "").split())
+            lines.append(f"{line}  # {doc}" if doc else line)
     return "\n".join(lines) + "\n"
-
-
-def _sections(cfg: Any) -> list[tuple[Any, dict[str, Any], str]]:
-    """(model, its scalar settings, its [header]): the top level first, then each section."""
-    dumped = cfg.model_dump(mode="json")
-    top = {k: v for k, v in dumped.items() if not isinstance(v, dict)}
-    return [(cfg, top, "")] + [(getattr(cfg, k), v, f"\n[{k}]") for k, v in dumped.items() if isinstance(v, dict)]
 
 
 def _config_show(args: argparse.Namespace) -> int:
@@ -209,7 +196,7 @@ def register_config(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", choices=["paper", "default"], help="start from this preset (default: the file's, "
                                                                   "else default)")
     p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override a setting (repeatable)")
-    p.add_argument("--explain", action="store_true", help="every setting with its bounds and what it means")
+    p.add_argument("--explain", action="store_true", help="every setting, one a line, with what it means")
     p.set_defaults(func=_config_show)
 
 
