@@ -16,7 +16,7 @@ import json
 import math
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -158,15 +158,20 @@ def replay_window(store: AuditStore, window: int, state: ValidatorState | None =
 
 
 def replay_range(store: AuditStore, first: int, last: int, overrides: Sequence[str] = (),
-                 live_workdir: Path | None = None) -> list[ReplayReport]:
-    """Replay windows in order, carrying the replayed state (what-if) from the first one on."""
+                 live_workdir: Path | None = None,
+                 progress: Callable[[ReplayReport, int, int], None] | None = None) -> list[ReplayReport]:
+    """Replay windows in order, carrying the replayed state (what-if) from the first one on.
+    `progress(report, n, total)` is told as each window is done (the CLI's progress lines)."""
     state = restore_state(store, before_window=first)
     reports = []
+    windows = [w for w in store.windows() if first <= w <= last]
     with tempfile.TemporaryDirectory(prefix="gauntlet-replay-") as folder:
         scratch = Scratch(Path(folder))
-        for window in [w for w in store.windows() if first <= w <= last]:
+        for window in windows:
             report, state = replay_window(store, window, state, overrides, live_workdir, scratch)
             reports.append(report)
+            if progress is not None:
+                progress(report, len(reports), len(windows))
     if not reports:
         raise InputsGone(f"no recorded windows between {first} and {last} under {store.root}")
     return reports

@@ -61,8 +61,9 @@ def test_replay_cli_exit_statuses(network, tmp_path, capsys):
     weights[0]["weight"] += 0.5
     store.write("weights", 3, [{k: v for k, v in r.items() if k != "window_id"} for r in weights], overwrite=True)
     try:
-        assert gauntlet(["replay", "--root", root, "--window", "3"]) == 1
-        assert "weight: recorded" in capsys.readouterr().out
+        assert gauntlet(["replay", "--root", root, "--window", "3", "--details"]) == 1
+        out = capsys.readouterr().out
+        assert out.startswith("replayed 1 window (3): 0 identical, 1 differ") and "weight: recorded" in out
     finally:
         store.write("weights", 3, [{k: v for k, v in r.items() if k != "window_id"} for r in original], overwrite=True)
     # inputs gone
