@@ -45,7 +45,8 @@ def _run(args: argparse.Namespace, store, windows: list[int], never: list[int]) 
     from gauntlet.config import ConfigError
     from gauntlet.replay import InputsGone, render_reports, replay_range
 
-    overrides, done = list(args.set or ()), []
+    overrides = [*([f"preset={args.preset}"] if args.preset else []), *(args.set or ())]
+    done: list[int] = []
 
     def progress(report, n: int, total: int) -> None:
         done.append(report.window)
@@ -75,6 +76,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--last", type=int, help="last window of a range (with --first)")
     p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
                    help="replay under another setting and show how the weights would differ (repeatable)")
+    p.add_argument("--preset", choices=["paper", "default", "templar-2026"],
+                   help="replay under another rule set (the network's paths, model and own thresholds stay) and "
+                        "show how the weights would differ and which rules made the difference")
     p.add_argument("--details", action="store_true",
                    help="after the summary, every differing value (or each window's weights for a what-if)")
     p.set_defaults(func=_replay)

@@ -509,3 +509,26 @@ def with_overrides(config: GauntletConfig, overrides: Iterable[str] | Mapping[st
     values = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides)
     base = config.model_dump()
     return _build([InitSettingsSource(_Layered, values), InitSettingsSource(_Layered, base)])
+
+
+SETTING_SECTIONS = frozenset({"chain", "data", "model", "codec", "storage", "audit", "validator", "scaleout"})
+"""Sections that describe where and on what a validator runs, not how it judges: a change of
+preset for a what-if leaves them as they were (the recorded files, model and paths stay valid)."""
+
+
+def with_preset(config: GauntletConfig, name: str) -> GauntletConfig:
+    """`config` judged under another preset's rules: the target preset's own values replace the
+    current preset's, every other setting (a network's own thresholds, its paths) is kept.
+
+    What the current preset set and the target does not mention returns to the field default, so
+    the result equals `load_config(preset=name)` plus the settings the operator chose."""
+    current, target = preset_values(config.preset), preset_values(name)
+    updates: dict[str, Any] = {"preset": name}
+    for section, values in current.items():
+        if isinstance(values, dict) and section not in SETTING_SECTIONS:
+            fields = type(getattr(config, section)).model_fields
+            updates.setdefault(section, {}).update({k: fields[k].default for k in values})
+    for section, values in target.items():
+        if isinstance(values, dict) and section not in SETTING_SECTIONS:
+            updates.setdefault(section, {}).update(values)
+    return with_overrides(config, updates)

@@ -124,6 +124,23 @@ def _weight_lines(reports: Sequence[ReplayReport], behaviours: Mapping[int, str]
     return lines
 
 
+def _rule_lines(reports: Sequence[ReplayReport], behaviours: Mapping[int, str]) -> list[str]:
+    """Which 2026 rules fired in the replay, per uid, with how many windows each fired in."""
+    fired: dict[int, dict[str, int]] = {}
+    for r in reports:
+        for uid, rules in getattr(r, "rules_fired", {}).items():
+            for rule in rules:
+                fired.setdefault(uid, {})[rule] = fired.setdefault(uid, {}).get(rule, 0) + 1
+    if not fired:
+        return []
+    lines = ["rules that fired in the replay (windows):"]
+    for uid in sorted(fired):
+        label = f" {behaviours[uid]}" if uid in behaviours else ""
+        what = "; ".join(f"{rule} ({n})" for rule, n in sorted(fired[uid].items(), key=lambda kv: (-kv[1], kv[0])))
+        lines.append(f"  uid {uid:>4}{label}: {what}")
+    return lines
+
+
 def _comparison_line(reports: Sequence[ReplayReport]) -> str:
     differing = [r for r in reports if not r.identical]
     compared = sum(r.compared for r in reports)
@@ -147,6 +164,7 @@ def summary(reports: Sequence[ReplayReport], overrides: Sequence[str] = (),
     if never_validated:
         lines.append(f"never validated, skipped: {spans(never_validated)}")
     lines += _weight_lines(reports, behaviours or {})
+    lines += _rule_lines(reports, behaviours or {})
     if overrides or any(not r.identical for r in reports):
         lines.append("--details shows " + ("each window's weights" if overrides else "every differing value"))
     return "\n".join(lines)
