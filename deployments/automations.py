@@ -16,7 +16,7 @@ from __future__ import annotations
 from datetime import timedelta
 from uuid import UUID
 
-from prefect.automations import Automation, DoNothing, EventTrigger, Posture, SendNotification
+from prefect.automations import Automation, AutomationCore, DoNothing, EventTrigger, Posture, SendNotification
 from prefect.client.orchestration import get_client
 
 from gauntlet.config import GauntletConfig
@@ -68,12 +68,12 @@ def apply(automations: list[Automation]) -> list[UUID]:
     with get_client(sync_client=True) as client:
         for automation in automations:
             existing = client.read_automations_by_name(automation.name)
-            core = automation.model_dump(exclude={"id", "owner_resource"})
+            core = AutomationCore(**automation.model_dump(exclude={"id", "owner_resource"}))
             if not existing:
-                ids.append(client.create_automation(Automation(**core)))
+                ids.append(client.create_automation(core))
                 continue
             keep, *extra = existing
-            client.update_automation(keep.id, Automation(**core))
+            client.update_automation(keep.id, core)
             for duplicate in extra:
                 client.delete_automation(duplicate.id)
             ids.append(keep.id)

@@ -58,11 +58,11 @@ def window_lock() -> Iterator[None]:
 def validate_one(cfg: GauntletConfig, window: int, config: str | None, network: str | None,
                  overrides: list[str] | None) -> bool:
     """Validate `window` under the lock; False if another run validated it while this one waited."""
-    from flows.validate import with_task_runner  # torch and the model: only now that there is work
-
     with window_lock():
         if AuditStore(cfg.audit.root).has_window(window):
             return False
+        from flows.validate import with_task_runner  # torch and the model: only now that there is work
+
         with_task_runner(cfg)(window=window, config=config, network=network, overrides=overrides)
         return True
 

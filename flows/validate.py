@@ -16,7 +16,7 @@ from gauntlet.config import GauntletConfig, load_config
 from gauntlet.validator import with_identity
 from gauntlet.window.evaluate import Evaluation
 from gauntlet.window.runner import Computed
-from tasks import report, window as t
+from tasks import events, report, window as t
 
 
 class StageClock:
@@ -83,6 +83,8 @@ def validate_window(window: int, config: str | None = None, network: str | None 
     done = Computed(filtered, verdicts, chosen, evaluation, rated, gather, stepped, before, after)
     run("audit", t.audit, cj, window, plan, records, done, chain_result, run.seconds, rerun)
     report.window_artifacts(window, verdicts, evaluation, rated, gather, chain_result)
+    events.emit_window_events(window, [v.row() for v in verdicts.values()], rated.weights, chain_result,
+                              {u: f.action for u, f in filtered.copies.items()}, gather, cfg.validator.hotkey)
     return {"window": window, "skipped": False, "weights": rated.weights, "gather": gather}
 
 

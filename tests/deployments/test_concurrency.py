@@ -18,7 +18,7 @@ import pytest
 from gauntlet.audit.store import AuditStore
 from gauntlet.localnet.simulate import run_network
 from tests.flows.conftest import make_network
-from tests.flows.prefect_server import PrefectServer, process, tail, wait_until
+from tests.flows.prefect_server import ROOT, PrefectServer, process, tail, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -67,6 +67,13 @@ def _window_runs(api) -> list[dict]:
     return [r for r in runs if r["state_type"] != "SCHEDULED"]
 
 
+def _validated_events(api) -> list[dict]:
+    """`gauntlet.window.validated` events of window 0, emitted by the flow (`tasks.events`)."""
+    response = api.post("/events/filter", json={"filter": {
+        "event": {"name": ["gauntlet.window.validated"]}, "resource": {"labels": {"gauntlet.window": ["0"]}}}})
+    return response.json()["events"] if response.status_code == 200 else []
+
+
 def test_two_triggers_validate_a_window_once(live_server: PrefectServer, network, tmp_path):
     log = tmp_path / "runner.log"
     env = live_server.client_env(PREFECT_RUNNER_POLL_FREQUENCY="1")
@@ -90,6 +97,7 @@ def test_two_triggers_validate_a_window_once(live_server: PrefectServer, network
         assert sorted(states[1:]) == ["CANCELLED", "COMPLETED"], f"{states}\n{tail(log)}"
         validated = _window_runs(api)
         assert [r["state_type"] for r in validated] == ["COMPLETED"], validated  # one run validated it
+        wait_until(lambda: len(_validated_events(api)) == 1, 60.0, "the window's event", runner, log)
     assert AuditStore(network.config.audit.root).windows() == [0]
     assert len(network.chain.weights_history(hotkey=network.config.validator.hotkey)) == 1
 
@@ -97,8 +105,7 @@ def test_two_triggers_validate_a_window_once(live_server: PrefectServer, network
 def test_an_idle_follow_run_imports_no_torch(live_server: PrefectServer, network):
     """After the window above, nothing is new: the run ends quickly without the model's imports."""
     env = live_server.client_env()
-    result = subprocess.run([sys.executable, "-c", IDLE, str(network.folder)], env=env, cwd=str(
-        __import__("tests.flows.prefect_server", fromlist=["ROOT"]).ROOT), capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-c", IDLE, str(network.folder)], env=env, cwd=ROOT, capture_output=True, text=True,
         timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     line = result.stdout.strip().splitlines()[-1]
