@@ -180,6 +180,13 @@ class AuditConfig(_Section):
     """Keep a copy of every fetched file so a window can be replayed after buckets expire."""
 
 
+class RetentionConfig(_Section):
+    keep_checkpoints: int = Field(0, ge=0)
+    """Newest checkpoints kept in `validator.workdir/checkpoints` (0 = all); the audit tables keep their hashes."""
+    keep_archive_windows: int = Field(0, ge=0)
+    """Newest windows of fetched peer files kept in `validator.workdir/archive` (0 = all); older windows cannot be replayed."""
+
+
 class ScaleoutConfig(_Section):
     dask_address: str = ""
     """Empty: score on this machine (Prefect's thread pool). `tcp://host:8786`: an existing Dask
@@ -194,6 +201,8 @@ class ValidatorConfig(_Section):
     fetched files (`archive/<W>/<uid>.safetensors`)."""
     hotkey: str = "validator"
     """The validator's hotkey (ss58 address on a bittensor chain; a name on the local ledger)."""
+    max_lag_windows: int = Field(3, ge=0)
+    """`gauntlet status` exits non-zero (a failing health check) when more windows than this are ready but not validated."""
 
 
 class GauntletConfig(_Section):
@@ -214,6 +223,7 @@ class GauntletConfig(_Section):
     audit: AuditConfig = AuditConfig()
     validator: ValidatorConfig = ValidatorConfig()
     scaleout: ScaleoutConfig = ScaleoutConfig()
+    retention: RetentionConfig = RetentionConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> GauntletConfig:
