@@ -22,6 +22,7 @@ from gauntlet.audit.store import AuditStore
 from gauntlet.chain import open_chain
 from gauntlet.clock import closed_window
 from gauntlet.config import GauntletConfig, load_config
+from gauntlet.retention import prune
 
 WINDOW_LOCK = "gauntlet-validate-window"
 """Global concurrency limit (one slot) held while a window is validated. Deployment limits
@@ -64,7 +65,23 @@ def validate_one(cfg: GauntletConfig, window: int, config: str | None, network: 
         from flows.validate import with_task_runner  # torch and the model: only now that there is work
 
         with_task_runner(cfg)(window=window, config=config, network=network, overrides=overrides)
-        return True
+    apply_retention(cfg, window + 1)
+    return True
+
+
+def apply_retention(cfg: GauntletConfig, next_window: int) -> None:
+    """Prune old checkpoints and archives (`retention.*`); a refusal is logged, never fails the
+    window that was just validated."""
+    log = get_run_logger()
+    try:
+        pruned = prune(cfg.validator.workdir, cfg.retention.keep_checkpoints, cfg.retention.keep_archive_windows,
+                       next_window)
+    except FileNotFoundError as exc:
+        log.warning("retention skipped: %s", exc)
+        return
+    if pruned.checkpoints or pruned.archives:
+        log.info("retention: deleted checkpoints of windows %s and archives of windows %s (%.1f MB)",
+                 pruned.checkpoints, pruned.archives, pruned.bytes_freed / 1e6)
 
 
 @flow(name="follow-chain", log_prints=True)

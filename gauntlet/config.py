@@ -34,7 +34,9 @@ class _Section(BaseModel):
 class ChainConfig(_Section):
     network: str = "local"
     """`local` (the file ledger), or a bittensor network: `finney`, `test`, or a `ws://` URL."""
-    netuid: int = Field(3, ge=0)
+    netuid: int | None = Field(None, ge=0)
+    """The subnet. No default on a bittensor network (a wrong one sets weights on someone else's
+    subnet): `open_chain` refuses to connect until the operator sets it. Unset on the local ledger means 3."""
     blocks_per_window: int = Field(8, ge=1)
     """Paper: 8 blocks of 12 s, about 96 s a window."""
     block_time_s: float = Field(12.0, gt=0)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
+from pathlib import Path
 
 import pytest
 
@@ -46,7 +46,8 @@ print("done", done, "torch", "torch" in sys.modules, "seconds", round(time.perf_
 @pytest.fixture(scope="module")
 def network(tmp_path_factory, prepared_data):
     """Miners for 2 windows and no validator: window 0 is closed and not validated."""
-    net = make_network(tmp_path_factory.mktemp("net"), prepared_data, ["honest"] * 3)
+    net = make_network(tmp_path_factory.mktemp("net"), prepared_data, ["honest"] * 3,
+                       ["retention.keep_checkpoints=1", "retention.keep_archive_windows=1"])
     run_network(net, 2, None)
     return net
 
@@ -99,6 +100,9 @@ def test_two_triggers_validate_a_window_once(live_server: PrefectServer, network
         assert [r["state_type"] for r in validated] == ["COMPLETED"], validated  # one run validated it
         wait_until(lambda: len(_validated_events(api)) == 1, 60.0, "the window's event", runner, log)
     assert AuditStore(network.config.audit.root).windows() == [0]
+    workdir = Path(network.config.validator.workdir)  # retention: theta_1 is all the next window needs
+    assert sorted(p.name for p in (workdir / "checkpoints").glob("*.safetensors")) == ["00000001.safetensors"]
+    assert [p.name for p in (workdir / "archive").iterdir()] == ["00000000"]
     assert len(network.chain.weights_history(hotkey=network.config.validator.hotkey)) == 1
 
 
