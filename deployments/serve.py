@@ -24,6 +24,7 @@ from __future__ import annotations
 from prefect import serve
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 
+from deployments.automations import apply, definitions
 from deployments.limits import ensure_limits
 from flows.follow import follow_chain
 from flows.localnet import localnet
@@ -59,7 +60,9 @@ def deployments(config: str | None = None, network: str | None = None) -> list:
 
 
 def serve_all(config: str | None = None, network: str | None = None) -> None:
+    """Create the window lock and the alerts (both idempotent), then serve until stopped."""
     ensure_limits()
+    apply(definitions(resolve_config(config, network)))
     serve(*deployments(config, network))
 
 

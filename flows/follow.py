@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
 from prefect.concurrency.sync import concurrency
 
 from gauntlet.audit.store import AuditStore
@@ -23,6 +24,7 @@ from gauntlet.chain import open_chain
 from gauntlet.clock import closed_window
 from gauntlet.config import GauntletConfig, load_config
 from gauntlet.retention import prune
+from gauntlet.status import collect, render
 
 WINDOW_LOCK = "gauntlet-validate-window"
 """Global concurrency limit (one slot) held while a window is validated. Deployment limits
@@ -66,7 +68,15 @@ def validate_one(cfg: GauntletConfig, window: int, config: str | None, network: 
 
         with_task_runner(cfg)(window=window, config=config, network=network, overrides=overrides)
     apply_retention(cfg, window + 1)
+    publish_status(cfg, window=window)
     return True
+
+
+def publish_status(cfg: GauntletConfig, window: int) -> None:
+    """`gauntlet status` as the `validator-status` artifact, so the UI shows it after each window."""
+    status = collect(cfg, open_chain(cfg.chain), AuditStore(cfg.audit.root))
+    create_markdown_artifact(key="validator-status", markdown="```\n" + render(status) + "\n```",
+                             description=f"Validator status after window {window}")
 
 
 def apply_retention(cfg: GauntletConfig, next_window: int) -> None:

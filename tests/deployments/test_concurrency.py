@@ -99,6 +99,8 @@ def test_two_triggers_validate_a_window_once(live_server: PrefectServer, network
         validated = _window_runs(api)
         assert [r["state_type"] for r in validated] == ["COMPLETED"], validated  # one run validated it
         wait_until(lambda: len(_validated_events(api)) == 1, 60.0, "the window's event", runner, log)
+        artifacts = api.post("/artifacts/latest/filter", json={"artifacts": {"key": {"any_": ["validator-status"]}}})
+        assert "last validated window: 0; 0 window(s) behind" in artifacts.json()[0]["data"], artifacts.text
     assert AuditStore(network.config.audit.root).windows() == [0]
     workdir = Path(network.config.validator.workdir)  # retention: theta_1 is all the next window needs
     assert sorted(p.name for p in (workdir / "checkpoints").glob("*.safetensors")) == ["00000001.safetensors"]
