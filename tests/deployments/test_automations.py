@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from prefect.automations import AutomationCore
+from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from deployments.automations import FAILED_RUN, MISSING_WINDOW, apply, definitions
@@ -30,9 +32,11 @@ def test_applying_twice_keeps_one_of_each(live_server: PrefectServer):
     cfg = load_config(overrides=["chain.blocks_per_window=8", "chain.block_time_s=12"])
     with temporary_settings(updates={PREFECT_API_URL: live_server.url}):
         first = apply(definitions(cfg))
+        with get_client(sync_client=True) as client:  # a duplicate left by an older, non-idempotent setup
+            client.create_automation(AutomationCore(**definitions(cfg)[1].model_dump(exclude={"id"})))
         second = apply(definitions(cfg, missing_after_windows=3))
         assert ensure_limits() == ensure_limits() == {WINDOW_LOCK: 1}
-    assert first == second
+    assert second[0] == first[0]  # updated in place, not recreated
     with live_server.api() as api:
         stored = api.post("/automations/filter", json={}).json()
     names = sorted(a["name"] for a in stored if a["name"].startswith("gauntlet-"))
