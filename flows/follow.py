@@ -25,6 +25,7 @@ from gauntlet.clock import closed_window
 from gauntlet.config import GauntletConfig, load_config
 from gauntlet.retention import prune
 from gauntlet.status import collect, render
+from tasks.secrets import secrets_to_env
 
 WINDOW_LOCK = "gauntlet-validate-window"
 """Global concurrency limit (one slot) held while a window is validated. Deployment limits
@@ -99,8 +100,12 @@ def follow_chain(config: str | None = None, network: str | None = None, poll_s: 
                  max_windows: int | None = None, catch_up: int = 0, idle_timeout_s: float | None = None,
                  overrides: list[str] | None = None) -> list[int]:
     """Validate windows as the chain closes them; stop after `max_windows` or `idle_timeout_s`."""
+    log = get_run_logger()
+    filled = secrets_to_env()
+    if filled:
+        log.info("settings from Secret blocks: %s", ", ".join(filled))
     cfg = light_config(config, network, overrides)
-    chain, store, log = open_chain(cfg.chain), AuditStore(cfg.audit.root), get_run_logger()
+    chain, store = open_chain(cfg.chain), AuditStore(cfg.audit.root)
     done: list[int] = []
     idle_since = time.monotonic()
     while max_windows is None or len(done) < max_windows:
