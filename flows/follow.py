@@ -20,7 +20,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.concurrency.sync import concurrency
 
 from gauntlet.audit.store import AuditStore
-from gauntlet.chain import open_chain
+from gauntlet.chain import Chain, open_chain
 from gauntlet.clock import closed_window
 from gauntlet.config import GauntletConfig, load_config
 from gauntlet.retention import prune
@@ -59,7 +59,7 @@ def window_lock() -> Iterator[None]:
         yield
 
 
-def validate_one(cfg: GauntletConfig, window: int, config: str | None, network: str | None,
+def validate_one(cfg: GauntletConfig, chain: Chain, window: int, config: str | None, network: str | None,
                  overrides: list[str] | None) -> bool:
     """Validate `window` under the lock; False if another run validated it while this one waited."""
     with window_lock():
@@ -69,13 +69,13 @@ def validate_one(cfg: GauntletConfig, window: int, config: str | None, network: 
 
         with_task_runner(cfg)(window=window, config=config, network=network, overrides=overrides)
     apply_retention(cfg, window + 1)
-    publish_status(cfg, window=window)
+    publish_status(cfg, chain, window)
     return True
 
 
-def publish_status(cfg: GauntletConfig, window: int) -> None:
+def publish_status(cfg: GauntletConfig, chain: Chain, window: int) -> None:
     """`gauntlet status` as the `validator-status` artifact, so the UI shows it after each window."""
-    status = collect(cfg, open_chain(cfg.chain), AuditStore(cfg.audit.root))
+    status = collect(cfg, chain, AuditStore(cfg.audit.root))
     create_markdown_artifact(key="validator-status", markdown="```\n" + render(status) + "\n```",
                              description=f"Validator status after window {window}")
 
@@ -112,7 +112,7 @@ def follow_chain(config: str | None = None, network: str | None = None, poll_s: 
         ready = closed_window(chain.block(), cfg.chain)
         window = None if ready is None else next_window(store, ready, cfg.chain.start_window, catch_up)
         if window is not None and window <= ready:
-            if validate_one(cfg, window, config, network, overrides):
+            if validate_one(cfg, chain, window, config, network, overrides):
                 done.append(window)
             idle_since = time.monotonic()
             continue
