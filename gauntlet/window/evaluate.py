@@ -14,7 +14,8 @@ screened peers have no own-data losses: they play the rating match with the cali
 but their B is left unchanged (no indicator this window; `PeerScore.indicator` is None), and
 they are not in `losses`. A peer whose estimate is not finite is always scored exactly, so its
 verdict comes from the exact losses as without screening. Screening ranks all chosen peers at
-once, so it needs them in one call (no chunks).
+once: in one call `run` does it all; a pipeline that scores in chunks calls `screen` first,
+scores its exact set in chunks (`run(..., screened=)`), then `calibrate`s the merged result.
 """
 
 from __future__ import annotations
@@ -138,47 +139,81 @@ def _estimate_one(cfg: GauntletConfig, ctx: ModelContext, plan: WindowPlan, fetc
     return first_order_score(grad, ctx.codec.decode_all(sub.grads, ctx.spec.shapes), eta)
 
 
-def _screened(cfg: GauntletConfig, ctx: ModelContext, plan: WindowPlan, fetched: Fetched,
-              uids: Sequence[int]) -> Evaluated:
-    """Estimate every peer, score `choose_exact`'s peers (and any non-finite estimate) exactly,
-    calibrate the rest. Each peer is decoded once to estimate and again if scored exactly: one
-    dense delta alive at a time, whatever the number of peers."""
+@dataclass(frozen=True)
+class Screened:
+    """Screening's first part (every chosen peer estimated, the exact set chosen), before any
+    peer is scored exactly. Small and picklable: a chunked pipeline hands it to each chunk."""
+
+    estimates: dict[int, float]
+    exact: tuple[int, ...]
+    """`choose_exact`'s peers and any whose estimate is not finite, sorted."""
+    rand_before: float
+    """L_rand_before, from the forward pass of the backward pass (shared by every exact score)."""
+    verdicts: dict[int, Verdict] = field(default_factory=dict)
+    """Peers whose file could not be decoded for the estimate (internal errors)."""
+
+
+def _screen(cfg: GauntletConfig, ctx: ModelContext, plan: WindowPlan, fetched: Fetched,
+            uids: Sequence[int]) -> Screened:
     if not cfg.scoring.shared_random_batches:
         raise ValueError("screening.enabled needs scoring.shared_random_batches = true (the estimate is the "
                          "gradient of the window's one set of random batches)")
-    batches = _random_batches(cfg, ctx, plan)
-    grad = random_gradient(ctx.model, batches, ctx.device)
+    grad = random_gradient(ctx.model, _random_batches(cfg, ctx, plan), ctx.device)
     _checked(grad.loss, plan)
-    out, eta = Evaluated(), cfg.scoring.eval_lr_factor * plan.lr
+    estimates, verdicts, eta = {}, {}, cfg.scoring.eval_lr_factor * plan.lr
     for uid in sorted(uids):
         got = guarded(uid, "score", _estimate_one, cfg, ctx, plan, fetched, uid, grad, eta)
         if isinstance(got, Verdict):
-            out.verdicts[uid] = got
+            verdicts[uid] = got
         else:
-            out.estimates[uid] = got
-    finite = {u: e for u, e in out.estimates.items() if math.isfinite(e)}
-    exact = set(choose_exact(finite, cfg, plan.seed)) | (set(out.estimates) - set(finite))
-    _score_exact(cfg, ctx, plan, fetched, sorted(exact), batches, grad.loss, out)
-    values = calibrated(finite, {u: s.gradient_score for u, s in out.scores.items()})
-    for uid in sorted(set(finite) - exact):
-        out.scores[uid] = PeerScore(values[uid], None, None)
-    return out
+            estimates[uid] = got
+    finite = {u: e for u, e in estimates.items() if math.isfinite(e)}
+    exact = set(choose_exact(finite, cfg, plan.seed)) | (set(estimates) - set(finite))
+    return Screened(estimates, tuple(sorted(exact)), grad.loss, verdicts)
 
 
-def run(cfg: GauntletConfig, plan: WindowPlan, fetched: Fetched, uids: Sequence[int],
-        rand_before: float | None = None) -> Evaluated:
-    """Stage "evaluate" for `uids` (all chosen peers, or one chunk of them)."""
-    if cfg.screening.enabled and rand_before is not None:
-        raise ValueError("screening ranks every chosen peer at once and cannot run on chunks of them: set "
-                         "screening.enabled = false, or score on one device (no parallel chunks)")
+def screen(cfg: GauntletConfig, plan: WindowPlan, fetched: Fetched, uids: Sequence[int]) -> Screened:
+    """Estimate every chosen peer and choose the exact set (for a pipeline that then scores the
+    exact set in chunks: `run(..., screened=)` per chunk, then `calibrate`)."""
     ctx = context_for(cfg)
     with ctx.lock:
         ctx.load_theta(cfg.validator.workdir, plan.window)
-        if cfg.screening.enabled and uids:
-            return _screened(cfg, ctx, plan, fetched, uids)
-        if rand_before is None and uids:
+        return _screen(cfg, ctx, plan, fetched, uids)
+
+
+def calibrate(screened: Screened, exact: Evaluated) -> Evaluated:
+    """The whole window's result: the exact part as scored, every peer's estimate, and the
+    peers left screened with their calibrated estimate (no losses, no indicator)."""
+    finite = {u: e for u, e in screened.estimates.items() if math.isfinite(e)}
+    values = calibrated(finite, {u: s.gradient_score for u, s in exact.scores.items()})
+    rest = {u: PeerScore(values[u], None, None) for u in sorted(set(finite) - set(screened.exact))}
+    return Evaluated(dict(exact.losses), {**exact.scores, **rest}, {**screened.verdicts, **exact.verdicts},
+                     dict(screened.estimates))
+
+
+def run(cfg: GauntletConfig, plan: WindowPlan, fetched: Fetched, uids: Sequence[int],
+        rand_before: float | None = None, screened: Screened | None = None) -> Evaluated:
+    """Stage "evaluate" for `uids` (all chosen peers, or one chunk of them).
+
+    Screening on, in one call (no chunks): estimate all, score the exact set, calibrate the rest.
+    With `screened` (chunks of its exact set): only `uids` are scored exactly, against its
+    L_rand_before; the caller merges the chunks and `calibrate`s.
+    """
+    if screened is not None and not set(uids) <= set(screened.exact):
+        raise ValueError(f"peers {sorted(set(uids) - set(screened.exact))[:5]} are not in the screened exact set")
+    if cfg.screening.enabled and screened is None and rand_before is not None:
+        raise ValueError("screening ranks every chosen peer at once: a chunked pipeline must call `screen` first "
+                         "and pass its result to each chunk (or set screening.enabled = false)")
+    ctx = context_for(cfg)
+    out = Evaluated()
+    with ctx.lock:
+        ctx.load_theta(cfg.validator.workdir, plan.window)
+        whole = cfg.screening.enabled and screened is None and bool(uids)
+        screened = _screen(cfg, ctx, plan, fetched, uids) if whole else screened
+        if screened is not None:
+            uids, rand_before = screened.exact if whole else uids, screened.rand_before
+        elif rand_before is None and uids:
             rand_before = _baseline(cfg, ctx, plan)
         rand = _random_batches(cfg, ctx, plan) if cfg.scoring.shared_random_batches else None
-        out = Evaluated()
         _score_exact(cfg, ctx, plan, fetched, uids, rand, rand_before, out)
-    return out
+    return calibrate(screened, out) if whole else out

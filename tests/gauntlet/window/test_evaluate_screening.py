@@ -76,6 +76,23 @@ def test_screened_evaluate_scores_the_chosen_exactly_and_calibrates_the_rest(win
     assert evaluate.run(screened_cfg, plan, fetched, chosen) == got  # a pure function of its inputs
 
 
+def test_chunks_of_the_exact_set_give_the_same_result(window):
+    net, cfg, plan, fetched, filtered = window
+    screened_cfg = with_overrides(cfg, {"screening": {"enabled": True}})
+    chosen = list(filtered.chosen)
+    whole = evaluate.run(screened_cfg, plan, fetched, chosen)
+    first = evaluate.screen(screened_cfg, plan, fetched, chosen)
+    assert first.exact == tuple(sorted(whole.losses)) and first.estimates == whole.estimates
+    parts = [evaluate.run(screened_cfg, plan, fetched, first.exact[i:i + 2], first.rand_before, first)
+             for i in range(0, len(first.exact), 2)]
+    assert evaluate.calibrate(first, evaluate.Evaluated.merge(parts)) == whole
+    with pytest.raises(ValueError, match="call `screen` first"):
+        evaluate.run(screened_cfg, plan, fetched, chosen[:2], first.rand_before)
+    outside = sorted(set(chosen) - set(first.exact))[:1]
+    with pytest.raises(ValueError, match="not in the screened exact set"):
+        evaluate.run(screened_cfg, plan, fetched, outside, first.rand_before, first)
+
+
 def test_screened_peers_play_the_match_but_keep_their_B(window):
     net, cfg, *_ = window
     scores = {1: PeerScore(0.02, 0.03, 1), 2: PeerScore(0.01, 0.02, 1), 3: PeerScore(0.005, 0.001, -1)}
