@@ -51,8 +51,6 @@ ROOT = HERE.parent
 WORK = HERE / ".work"
 RESULTS = HERE / "results" / "scoring.json"
 SEED, WINDOW, MFU, TRAIN_STEPS = 1234, 1, 0.4, 60
-SCREENING_NETWORK_KEYS = ("screening_weight_moved_max", "screening_within_1pct")
-"""Written into the same file by bench_screening (the local network's figures); kept on a rerun."""
 
 
 def _config(size: str) -> GauntletConfig:
@@ -295,8 +293,7 @@ def main() -> dict:
     }
     kept = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}  # bench_screening's figures stay
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({k: v for k, v in kept.items() if k.startswith("screening_network")
-                                   or k in SCREENING_NETWORK_KEYS} | result, indent=2) + "\n")
+    RESULTS.write_text(json.dumps(kept | result, indent=2) + "\n")
     return result
 
 

@@ -17,6 +17,17 @@ the rest, so that a peer shaping its update to look good to the linear estimate 
 a known probability. Peers left screened keep a calibrated estimate (`calibrated`): a
 least-squares line from estimate to exact score, fitted on the window's exactly scored peers,
 so estimates and exact scores rank on one scale.
+
+In the window (`gauntlet.window.evaluate`) a screened peer plays the rating match with its
+calibrated score but has no own-data losses, so its B is left unchanged. Measured on a 21-peer
+local network (benchmarks/bench_screening.py, 5 windows, same submissions and theta as exact
+scoring): with this config's settings 14 of 16 chosen peers were still scored exactly, no weight
+moved (0.0% in every window) and the evaluate stage was 1.06x faster; a leaner exact set (top G,
+2 near the cutoff, 1 audit draw: 11 of 16) was 1.35x faster with the same ratings (Spearman of the
+estimates >= 0.997, top-G overlap 1.0) but moved up to 12% of the weight, all of it through B:
+honest peers left screened keep last window's B while exact scoring raises it. Hence off by
+default: the saving is small at this scale, and at the paper's scale (most peers screened) a
+frozen B would move weight unless the own-data side is estimated too.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ scores its exact set in chunks (`run(..., screened=)`), then `calibrate`s the me
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from torch import Tensor
