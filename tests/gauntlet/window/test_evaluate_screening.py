@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 from gauntlet.audit.store import AuditStore
 from gauntlet.config import with_overrides
@@ -18,7 +19,8 @@ from gauntlet.localnet.network import init_network
 from gauntlet.localnet.simulate import run_network
 from gauntlet.ratings import PeerScore, ValidatorState, WindowOutcome, advance
 from gauntlet.replay import replay_range
-from gauntlet.screening import choose_exact
+from gauntlet.model import build_model
+from gauntlet.screening import choose_exact, random_gradient
 from gauntlet.state import restore_state
 from gauntlet.verdicts import Reason, Verdict
 from gauntlet.window import audit, evaluate
@@ -137,3 +139,16 @@ def test_replay_of_screened_windows_is_identical(window, tmp_path):
     for report in replay_range(store, 0, 0):
         assert report.identical, report.differences
         assert report.compared > 50
+
+
+def test_random_gradient_puts_the_deterministic_switch_back():
+    """The backward pass runs deterministic (its estimates are recorded and replayed bit for bit)
+    and leaves torch's process-wide switch as it found it."""
+    model = build_model("tiny", 256, seed=3)
+    g = torch.Generator().manual_seed(2)
+    batches = [torch.randint(0, 256, (2, 16), generator=g) for _ in range(2)]
+    assert not torch.are_deterministic_algorithms_enabled()
+    first = random_gradient(model, batches)
+    assert not torch.are_deterministic_algorithms_enabled()
+    again = random_gradient(model, batches)
+    assert first.loss == again.loss and all(torch.equal(first.grad[n], again.grad[n]) for n in first.grad)
