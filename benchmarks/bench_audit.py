@@ -95,7 +95,8 @@ def synthetic(window: int, rng: np.random.Generator, config_json: str) -> dict[s
             "gradient_score": opt(s_k, s), "own_improvement": opt(r_own, s),
             "indicator": opt(np.where(r_own > s_k, 1, -1).astype(np.int8), s), "moving_average": b_avg,
             "sync_score": opt(np.ones(PEERS), present), "steps_behind": opt(np.zeros(PEERS), present),
-            "max_overlap": rng.uniform(0, 0.7, PEERS), "overlap_with": (uid + 1) % PEERS}),
+            "max_overlap": rng.uniform(0, 0.7, PEERS), "overlap_with": (uid + 1) % PEERS,
+            "score_estimate": opt(s_k * 1.01, s), "scored_exactly": opt(np.ones(PEERS, dtype=bool), s)}),
         "ratings": pl.DataFrame({
             "uid": uid, "mu": mu, "sigma": sigma, "ordinal": mu - 3 * sigma, "moving_average": b_avg,
             "sync_score": np.ones(PEERS), "final_score": final,

@@ -291,8 +291,9 @@ def main() -> dict:
         "tiny": tiny, "small": small, "memory": memory, "screening": screen, "projection": proj,
         "seconds": time.process_time() - started,
     }
+    kept = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}  # bench_screening's figures stay
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    RESULTS.write_text(json.dumps(kept | result, indent=2) + "\n")
     return result
 
 

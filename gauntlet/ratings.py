@@ -94,11 +94,16 @@ class ValidatorState:
 
 @dataclass(frozen=True)
 class PeerScore:
-    """Stage 2 and uniqueness results of one evaluated peer."""
+    """Stage 2 and uniqueness results of one evaluated peer.
+
+    A peer left screened (`gauntlet.screening`, ours) has a calibrated estimate as its gradient
+    score and no own-data losses: `own_improvement` and `indicator` are None, and B is left as
+    it was (no evidence either way this window); it still plays the match.
+    """
 
     gradient_score: float
-    own_improvement: float
-    indicator: int
+    own_improvement: float | None
+    indicator: int | None
 
 
 @dataclass(frozen=True)
@@ -298,7 +303,8 @@ def advance(state: ValidatorState, outcome: WindowOutcome, cfg: GauntletConfig) 
     peers = dict(before)
     fired: dict[int, list[str]] = {u: [] for u in peers}
     for uid, score in outcome.scores.items():
-        b = update_moving_average(peers[uid].moving_average, score.indicator, cfg.uniqueness.ema)
+        b = peers[uid].moving_average if score.indicator is None else \
+            update_moving_average(peers[uid].moving_average, score.indicator, cfg.uniqueness.ema)
         peers[uid] = replace(peers[uid], moving_average=b, last_evaluated_window=window)
     for uid, sync in outcome.sync_scores.items():
         peers[uid] = replace(peers[uid], sync_score=sync)

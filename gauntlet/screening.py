@@ -17,13 +17,25 @@ the rest, so that a peer shaping its update to look good to the linear estimate 
 a known probability. Peers left screened keep a calibrated estimate (`calibrated`): a
 least-squares line from estimate to exact score, fitted on the window's exactly scored peers,
 so estimates and exact scores rank on one scale.
+
+In the window (`gauntlet.window.evaluate`) a screened peer plays the rating match with its
+calibrated score but has no own-data losses, so its B is left unchanged. Measured on a 21-peer
+local network (benchmarks/bench_screening.py, 5 windows, same submissions and theta as exact
+scoring): with this config's settings 14 of 16 chosen peers were still scored exactly, no weight
+moved (0.0% in every window) and the evaluate stage was 1.06x faster; a leaner exact set (top G,
+2 near the cutoff, 1 audit draw: 11 of 16) was 1.35x faster with the same ratings (Spearman of the
+estimates >= 0.997, top-G overlap 1.0) but moved up to 12% of the weight, all of it through B:
+honest peers left screened keep last window's B while exact scoring raises it. Hence off by
+default: the saving is small at this scale, and at the paper's scale (most peers screened) a
+frozen B would move weight unless the own-data side is estimated too.
 """
 
 from __future__ import annotations
 
 import random
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -49,6 +61,9 @@ def random_gradient(model: torch.nn.Module, batches: Sequence[Tensor],
     The loss is the token-weighted mean over all batches (as exact scoring defines it), so each
     batch's summed loss is divided by the total token count and the gradients accumulate one
     batch at a time: the activations of one batch are alive at once, whatever the batch count.
+    The backward pass runs with torch's deterministic algorithms: on a GPU the embedding's
+    gradient is otherwise summed with atomics in a varying order, and the estimates it gives are
+    recorded and must replay bit for bit.
     """
     if not batches:
         raise ValueError("random_gradient needs at least one batch")
@@ -59,15 +74,28 @@ def random_gradient(model: torch.nn.Module, batches: Sequence[Tensor],
     tokens = sum(b.shape[0] * (b.shape[1] - 1) for b in batches)
     grad = {n: torch.zeros_like(p) for n, p in params.items()}
     total = torch.zeros((), dtype=torch.float64, device=device)
-    for batch in batches:
-        with autocast(device):
-            loss, _ = token_loss_sum(lambda b: functional_call(model, state, (b,)), batch.to(device))
-        parts = torch.autograd.grad(loss / tokens, list(params.values()), allow_unused=True)
-        for (name, _), part in zip(params.items(), parts):
-            if part is not None:
-                grad[name].add_(part)
-        total += loss.detach().double()
+    with _deterministic():
+        for batch in batches:
+            with autocast(device):
+                loss, _ = token_loss_sum(lambda b: functional_call(model, state, (b,)), batch.to(device))
+            parts = torch.autograd.grad(loss / tokens, list(params.values()), allow_unused=True)
+            for (name, _), part in zip(params.items(), parts):
+                if part is not None:
+                    grad[name].add_(part)
+            total += loss.detach().double()
     return RandomGradient(total.item() / tokens, grad)  # the one host sync
+
+
+@contextmanager
+def _deterministic() -> Iterator[None]:
+    """torch's deterministic algorithms for the block (a process-wide switch, put back after)."""
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
 def first_order_score(rand: RandomGradient, delta: Mapping[str, Tensor], eta: float) -> float:

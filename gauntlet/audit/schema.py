@@ -83,15 +83,22 @@ _SPECS: dict[str, list[Column]] = {
         ("loss_rand_after", pa.float64(), True, "L_rand_after: loss on the random pages after the peer's step"),
         ("gradient_score", pa.float64(), True, "s_k = (L_rand_before - L_rand_after) / L_rand_before"),
         ("own_improvement", pa.float64(), True, "r_own = (L_own_before - L_own_after) / L_own_before"),
-        ("indicator", pa.int8(), True, "b = +1 if r_own > s_k else -1; null if not evaluated"),
+        ("indicator", pa.int8(), True, "b = +1 if r_own > s_k else -1; null if not evaluated or screened"),
         ("moving_average", pa.float64(), True,
-         "B after this window's update (B = ema B + (1 - ema) b), before penalties; null if not evaluated"),
+         "B after this window's update (B = ema B + (1 - ema) b), before penalties; null if not evaluated or "
+         "screened (B unchanged)"),
         ("sync_score", pa.float64(), True, "(1 - min(x, 5) / 5) ** 2.5 with x = steps behind; null if no probe"),
         ("steps_behind", pa.float64(), True, "x = mean |theta_validator - theta_peer| / lr_W over the probe"),
         ("max_overlap", pa.float64(), True,
          "largest top-k index overlap with another peer whose file passed the format and sync checks, in "
          "[0, 1] (how close it came to the copy thresholds); null if it was not compared"),
         ("overlap_with", pa.int64(), True, "the uid of that other peer; null if none"),
+        ("score_estimate", pa.float64(), True,
+         "screening (ours): first-order estimate of s_k, eta <grad L_rand, sign(delta_k)> / L_rand_before; "
+         "null when screening is off or the peer's file could not be decoded"),
+        ("scored_exactly", pa.bool_(), True,
+         "true: s_k from measured losses; false: screened, gradient_score is the calibrated estimate (no own-data "
+         "losses, indicator and B not updated); null if not evaluated"),
     ],
     "ratings": [
         WINDOW_ID,

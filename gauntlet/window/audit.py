@@ -63,7 +63,8 @@ def verdict_rows(window: int, verdicts: Mapping[int, Verdict]) -> list[dict]:
 
 def score_rows(window: int, filtered: Filtered, evaluated: Evaluated, rated: Rated, ema: float) -> list[dict]:
     """One row per peer whose file parsed: sync always, losses and B's update when evaluated,
-    and the closest top-k overlap with another peer whenever copies were checked."""
+    the closest top-k overlap with another peer whenever copies were checked, and (screening on)
+    the estimate of s_k and whether the peer was scored exactly or left screened."""
     rows = []
     before = {r.state.uid: r.before for r in rated.records}
     for uid in sorted(filtered.steps):
@@ -71,7 +72,7 @@ def score_rows(window: int, filtered: Filtered, evaluated: Evaluated, rated: Rat
         score = evaluated.scores.get(uid)
         closest = filtered.closest.get(uid)
         updated = (update_moving_average(before[uid].moving_average, score.indicator, ema)
-                   if score is not None and uid in before else None)
+                   if score is not None and score.indicator is not None and uid in before else None)
         rows.append({
             "window_id": window, "uid": uid,
             "loss_own_before": losses.own_before if losses else None,
@@ -84,6 +85,8 @@ def score_rows(window: int, filtered: Filtered, evaluated: Evaluated, rated: Rat
             "moving_average": updated,
             "sync_score": filtered.sync.get(uid), "steps_behind": filtered.steps.get(uid),
             "max_overlap": closest[1] if closest else None, "overlap_with": closest[0] if closest else None,
+            "score_estimate": evaluated.estimates.get(uid),
+            "scored_exactly": None if score is None else uid in evaluated.losses,
         })
     return rows
 

@@ -5,12 +5,23 @@ window's random pages (gauntlet/scoring.py), then the own-data indicator ``b``. 
 decoded and scored inside the per-peer guard, one dense delta alive at a time; a non-finite loss
 gives that peer a `non_finite` verdict and never reaches the rating match. A non-finite
 ``L_rand_before`` is the validator's own fault (its model or data), so the window stops there.
+
+With `screening.enabled` (ours, `gauntlet.screening`): one backward pass on the window's random
+batches gives `L_rand_before` and its gradient; every chosen peer's s_k is estimated from it
+(decode and one dot product); `choose_exact` (seeded by the window's seed, so a replay picks the
+same) names the peers scored exactly as above, and the rest keep a calibrated estimate. Those
+screened peers have no own-data losses: they play the rating match with the calibrated score,
+but their B is left unchanged (no indicator this window; `PeerScore.indicator` is None), and
+they are not in `losses`. A peer whose estimate is not finite is always scored exactly, so its
+verdict comes from the exact losses as without screening. Screening ranks all chosen peers at
+once: in one call `run` does it all; a pipeline that scores in chunks calls `screen` first,
+scores its exact set in chunks (`run(..., screened=)`), then `calibrate`s the merged result.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from torch import Tensor
@@ -20,6 +31,7 @@ from gauntlet.data import page_batches, random_pages, sample_batches
 from gauntlet.miner import own_pages
 from gauntlet.ratings import PeerScore
 from gauntlet.scoring import LossEvaluator, PeerLosses, score_peers
+from gauntlet.screening import RandomGradient, calibrated, choose_exact, first_order_score, random_gradient
 from gauntlet.uniqueness import indicator
 from gauntlet.verdicts import Reason, Verdict
 from gauntlet.window.context import ModelContext, context_for, corpus_for
@@ -45,15 +57,18 @@ def _random_batches(cfg: GauntletConfig, ctx: ModelContext, plan: WindowPlan, ui
     return _sampled(cfg, ctx, random_pages(seed, cfg.scoring.random_pages, n_pages), seed)
 
 
-def _baseline(cfg: GauntletConfig, ctx: ModelContext, plan: WindowPlan) -> float | None:
-    if not cfg.scoring.shared_random_batches:
-        return None
-    evaluator = LossEvaluator(ctx.model, ctx.device)
-    value = evaluator.mean_loss(evaluator.theta, _random_batches(cfg, ctx, plan)).item()
+def _checked(value: float, plan: WindowPlan) -> float:
     if not math.isfinite(value) or value <= 0:
         raise ValidatorFault(f"L_rand_before of window {plan.window} is {value}: the validator's model or data "
                              "is broken (no peer is scored against it)")
     return value
+
+
+def _baseline(cfg: GauntletConfig, ctx: ModelContext, plan: WindowPlan) -> float | None:
+    if not cfg.scoring.shared_random_batches:
+        return None
+    evaluator = LossEvaluator(ctx.model, ctx.device)
+    return _checked(evaluator.mean_loss(evaluator.theta, _random_batches(cfg, ctx, plan)).item(), plan)
 
 
 def baseline(cfg: GauntletConfig, plan: WindowPlan) -> float | None:
@@ -73,12 +88,20 @@ class Evaluated:
     verdicts: dict[int, Verdict] = field(default_factory=dict)
     """Peers rejected while being scored (non-finite losses, internal errors): these replace
     their stage-1 verdicts."""
+    estimates: dict[int, float] = field(default_factory=dict)
+    """First-order estimates of s_k (screening on; empty when off)."""
+
+    @property
+    def screened(self) -> frozenset[int]:
+        """Peers given a calibrated estimate only (scored but not scored exactly)."""
+        return frozenset(self.scores) - frozenset(self.losses)
 
     @staticmethod
     def merge(parts: Sequence[Evaluated]) -> Evaluated:
         return Evaluated({u: v for p in parts for u, v in p.losses.items()},
                          {u: v for p in parts for u, v in p.scores.items()},
-                         {u: v for p in parts for u, v in p.verdicts.items()})
+                         {u: v for p in parts for u, v in p.verdicts.items()},
+                         {u: v for p in parts for u, v in p.estimates.items()})
 
 
 def _score_one(cfg: GauntletConfig, ctx: ModelContext, plan: WindowPlan, fetched: Fetched, uid: int,
@@ -97,23 +120,100 @@ def _score_one(cfg: GauntletConfig, ctx: ModelContext, plan: WindowPlan, fetched
     return losses
 
 
+def _score_exact(cfg: GauntletConfig, ctx: ModelContext, plan: WindowPlan, fetched: Fetched, uids: Sequence[int],
+                 rand: list[Tensor] | None, rand_before: float | None, out: Evaluated) -> None:
+    evaluator = LossEvaluator(ctx.model, ctx.device)
+    for uid in sorted(uids):
+        got = guarded(uid, "score", _score_one, cfg, ctx, plan, fetched, uid, evaluator, rand, rand_before)
+        if isinstance(got, Verdict):
+            out.verdicts[uid] = got
+            continue
+        out.losses[uid] = got
+        out.scores[uid] = PeerScore(got.gradient_score, got.own_improvement,
+                                    indicator(got.own_improvement, got.gradient_score, cfg.uniqueness.own_margin))
+
+
+def _estimate_one(cfg: GauntletConfig, ctx: ModelContext, plan: WindowPlan, fetched: Fetched, uid: int,
+                  grad: RandomGradient, eta: float) -> float:
+    sub = load_submission(cfg, ctx, plan, fetched.by_uid()[uid])
+    return first_order_score(grad, ctx.codec.decode_all(sub.grads, ctx.spec.shapes), eta)
+
+
+@dataclass(frozen=True)
+class Screened:
+    """Screening's first part (every chosen peer estimated, the exact set chosen), before any
+    peer is scored exactly. Small and picklable: a chunked pipeline hands it to each chunk."""
+
+    estimates: dict[int, float]
+    exact: tuple[int, ...]
+    """`choose_exact`'s peers and any whose estimate is not finite, sorted."""
+    rand_before: float
+    """L_rand_before, from the forward pass of the backward pass (shared by every exact score)."""
+    verdicts: dict[int, Verdict] = field(default_factory=dict)
+    """Peers whose file could not be decoded for the estimate (internal errors)."""
+
+
+def _screen(cfg: GauntletConfig, ctx: ModelContext, plan: WindowPlan, fetched: Fetched,
+            uids: Sequence[int]) -> Screened:
+    if not cfg.scoring.shared_random_batches:
+        raise ValueError("screening.enabled needs scoring.shared_random_batches = true (the estimate is the "
+                         "gradient of the window's one set of random batches)")
+    grad = random_gradient(ctx.model, _random_batches(cfg, ctx, plan), ctx.device)
+    _checked(grad.loss, plan)
+    estimates, verdicts, eta = {}, {}, cfg.scoring.eval_lr_factor * plan.lr
+    for uid in sorted(uids):
+        got = guarded(uid, "score", _estimate_one, cfg, ctx, plan, fetched, uid, grad, eta)
+        if isinstance(got, Verdict):
+            verdicts[uid] = got
+        else:
+            estimates[uid] = got
+    finite = {u: e for u, e in estimates.items() if math.isfinite(e)}
+    exact = set(choose_exact(finite, cfg, plan.seed)) | (set(estimates) - set(finite))
+    return Screened(estimates, tuple(sorted(exact)), grad.loss, verdicts)
+
+
+def screen(cfg: GauntletConfig, plan: WindowPlan, fetched: Fetched, uids: Sequence[int]) -> Screened:
+    """Estimate every chosen peer and choose the exact set (for a pipeline that then scores the
+    exact set in chunks: `run(..., screened=)` per chunk, then `calibrate`)."""
+    ctx = context_for(cfg)
+    with ctx.lock:
+        ctx.load_theta(cfg.validator.workdir, plan.window)
+        return _screen(cfg, ctx, plan, fetched, uids)
+
+
+def calibrate(screened: Screened, exact: Evaluated) -> Evaluated:
+    """The whole window's result: the exact part as scored, every peer's estimate, and the
+    peers left screened with their calibrated estimate (no losses, no indicator)."""
+    finite = {u: e for u, e in screened.estimates.items() if math.isfinite(e)}
+    values = calibrated(finite, {u: s.gradient_score for u, s in exact.scores.items()})
+    rest = {u: PeerScore(values[u], None, None) for u in sorted(set(finite) - set(screened.exact))}
+    return Evaluated(dict(exact.losses), {**exact.scores, **rest}, {**screened.verdicts, **exact.verdicts},
+                     dict(screened.estimates))
+
+
 def run(cfg: GauntletConfig, plan: WindowPlan, fetched: Fetched, uids: Sequence[int],
-        rand_before: float | None = None) -> Evaluated:
-    """Stage "evaluate" for `uids` (all chosen peers, or one chunk of them)."""
+        rand_before: float | None = None, screened: Screened | None = None) -> Evaluated:
+    """Stage "evaluate" for `uids` (all chosen peers, or one chunk of them).
+
+    Screening on, in one call (no chunks): estimate all, score the exact set, calibrate the rest.
+    With `screened` (chunks of its exact set): only `uids` are scored exactly, against its
+    L_rand_before; the caller merges the chunks and `calibrate`s.
+    """
+    if screened is not None and not set(uids) <= set(screened.exact):
+        raise ValueError(f"peers {sorted(set(uids) - set(screened.exact))[:5]} are not in the screened exact set")
+    if cfg.screening.enabled and screened is None and rand_before is not None:
+        raise ValueError("screening ranks every chosen peer at once: a chunked pipeline must call `screen` first "
+                         "and pass its result to each chunk (or set screening.enabled = false)")
     ctx = context_for(cfg)
     out = Evaluated()
     with ctx.lock:
         ctx.load_theta(cfg.validator.workdir, plan.window)
-        if rand_before is None and uids:
+        whole = cfg.screening.enabled and screened is None and bool(uids)
+        screened = _screen(cfg, ctx, plan, fetched, uids) if whole else screened
+        if screened is not None:
+            uids, rand_before = screened.exact if whole else uids, screened.rand_before
+        elif rand_before is None and uids:
             rand_before = _baseline(cfg, ctx, plan)
         rand = _random_batches(cfg, ctx, plan) if cfg.scoring.shared_random_batches else None
-        evaluator = LossEvaluator(ctx.model, ctx.device)
-        for uid in sorted(uids):
-            got = guarded(uid, "score", _score_one, cfg, ctx, plan, fetched, uid, evaluator, rand, rand_before)
-            if isinstance(got, Verdict):
-                out.verdicts[uid] = got
-                continue
-            out.losses[uid] = got
-            out.scores[uid] = PeerScore(got.gradient_score, got.own_improvement,
-                                        indicator(got.own_improvement, got.gradient_score, cfg.uniqueness.own_margin))
-    return out
+        _score_exact(cfg, ctx, plan, fetched, uids, rand, rand_before, out)
+    return calibrate(screened, out) if whole else out

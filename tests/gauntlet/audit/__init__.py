@@ -57,7 +57,8 @@ def _score(window: int, uid: int) -> dict[str, Any] | None:
             "loss_rand_after": rand_b - rand_gain, "gradient_score": s_k, "own_improvement": r_own,
             "indicator": b, "moving_average": 0.05 * b * (window + 1) ** 0.5 / 4, "sync_score": 1.0,
             "steps_behind": 0.0, "max_overlap": 0.82 if uid in (HONEST, COPYCAT) else 0.12,
-            "overlap_with": {HONEST: COPYCAT, COPYCAT: HONEST}.get(uid, HONEST)}
+            "overlap_with": {HONEST: COPYCAT, COPYCAT: HONEST}.get(uid, HONEST),
+            "score_estimate": None, "scored_exactly": True}  # screening is off in this config
 
 
 def _rating(window: int, uid: int, score: dict[str, Any] | None) -> dict[str, Any]:
