@@ -119,7 +119,10 @@ def _scores(rows: list[Row], cfg: Row, copied: bool) -> list[str]:
     if not rows:
         return out + ["  no scores: only files that pass the filter are checked and scored"]
     row = rows[0]
-    if row["loss_own_before"] is None:
+    if row["loss_own_before"] is None and row.get("scored_exactly") is False:
+        out.append(f"  screened, not scored exactly: s_k estimated to first order as {_pct(row['score_estimate'])}, "
+                   f"calibrated to {_pct(row['gradient_score'])}; its B is unchanged this window")
+    elif row["loss_own_before"] is None:
         out.append("  not evaluated by loss in this window (not chosen, or its file failed a check)")
     else:
         out.append(f"  loss on its own pages:    {row['loss_own_before']:.4f} -> {row['loss_own_after']:.4f} "

@@ -43,6 +43,7 @@ STAGES: dict[str, Callable[..., Any]] = {
     "fetch": fetch.run,
     "filter": filter_.run,
     "baseline": evaluate.baseline,
+    "screen": evaluate.screen,
     "evaluate": evaluate.run,
     "rate": rate.run,
     "step": step.run,
@@ -50,8 +51,9 @@ STAGES: dict[str, Callable[..., Any]] = {
     "publish": publish.publish,
     "audit": audit.run,
 }
-"""Stage name -> stage function, in the order a window runs them (`baseline` is part of
-"evaluate": L_rand_before computed once when scoring is split into chunks)."""
+"""Stage name -> stage function, in the order a window runs them (`baseline` and `screen` are
+parts of "evaluate" when scoring is split into chunks: L_rand_before, or the screening estimates
+and the exact set, computed once for all chunks)."""
 
 
 class Direct:
@@ -94,8 +96,16 @@ def _evaluate(run: Direct, cfg: GauntletConfig, plan: WindowPlan, fetched: Fetch
     """All chosen peers in one call; split into chunks only where the caller runs them in
     parallel on separate devices (on one machine they would queue on one model lock)."""
     size = cfg.scoring.chunk_peers if run.parallel else max(1, len(chosen))
-    chunks = [list(chosen[i:i + size]) for i in range(0, len(chosen), size)] or [[]]
-    rand_before = run("baseline", cfg, plan) if len(chunks) > 1 else None
+    if not run.parallel or len(chosen) <= size:
+        return Evaluated.merge(run.map("evaluate", [(cfg, plan, fetched, list(chosen), None)]))
+    if cfg.screening.enabled:  # estimates for all at once, then the exact set in chunks
+        screened = run("screen", cfg, plan, fetched, list(chosen))
+        exact = list(screened.exact)
+        chunks = [exact[i:i + size] for i in range(0, len(exact), size)] or [[]]
+        parts = run.map("evaluate", [(cfg, plan, fetched, c, screened.rand_before, screened) for c in chunks])
+        return evaluate.calibrate(screened, Evaluated.merge(parts))
+    chunks = [list(chosen[i:i + size]) for i in range(0, len(chosen), size)]
+    rand_before = run("baseline", cfg, plan)
     return Evaluated.merge(run.map("evaluate", [(cfg, plan, fetched, c, rand_before) for c in chunks]))
 
 
