@@ -1,11 +1,20 @@
 """`make bench`: run every benchmark in one process, one torch thread, and write the results.
 
 Each `benchmarks/bench_<name>.py` measures ratios within one run (so a noisy machine's drift
-cancels) and writes `benchmarks/results/<name>.json`; this runner also writes RESULTS.md.
+cancels), names its output file in its module-level `RESULTS` and writes `<name>.json` there.
+This runner points `RESULTS` at its output folder and, when every benchmark ran, writes
+RESULTS.md beside them.
+
+The output folder is `benchmarks/.work/results/` (git-ignored) unless `--write-results` is given:
+a run on someone's laptop must not dirty the tracked `benchmarks/results/`, which holds the
+figures the README quotes and changes only when someone means to update them.
+
+    python -m benchmarks.run [--write-results] [--out DIR] [NAME ...]
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 import platform
@@ -16,11 +25,16 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
+TRACKED = HERE / "results"
+SCRATCH = HERE / ".work" / "results"
 
 
-def _names(argv: list[str]) -> list[str]:
+def _names(wanted: list[str]) -> list[str]:
     found = sorted(p.stem.removeprefix("bench_") for p in HERE.glob("bench_*.py"))
-    return [n for n in found if not argv or n in argv]
+    unknown = sorted(set(wanted) - set(found))
+    if unknown:
+        raise SystemExit(f"benchmarks.run: unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(found)}")
+    return [n for n in found if not wanted or n in wanted]
 
 
 def _markdown(results: dict[str, dict]) -> str:
@@ -34,15 +48,33 @@ def _markdown(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", metavar="NAME", help="benchmarks to run (default: all)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--write-results", action="store_true",
+                       help=f"update the tracked {TRACKED.relative_to(HERE.parent)}/ (default: "
+                            f"{SCRATCH.relative_to(HERE.parent)}/, git-ignored)")
+    where.add_argument("--out", type=Path, help="write the results to this folder instead")
+    return parser.parse_args(argv)
+
+
 def main(argv: list[str]) -> int:
+    args = _parse(argv)
+    out = TRACKED if args.write_results else (args.out or SCRATCH)
+    out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
     results = {}
-    for name in _names(argv):
+    for name in _names(args.names):
         print(f"== {name}", flush=True)
-        results[name] = importlib.import_module(f"benchmarks.bench_{name}").main()
-    (HERE / "results").mkdir(exist_ok=True)
-    if not argv:
-        (HERE / "results" / "RESULTS.md").write_text(_markdown(results))
+        module = importlib.import_module(f"benchmarks.bench_{name}")
+        if not isinstance(getattr(module, "RESULTS", None), Path):
+            raise SystemExit(f"benchmarks.run: bench_{name}.py must name its output file in RESULTS")
+        module.RESULTS = out / f"{name}.json"
+        results[name] = module.main()
+    if not args.names:
+        (out / "RESULTS.md").write_text(_markdown(results))
+    print(f"results in {out}")
     return 0
 
 

@@ -42,8 +42,9 @@ class _Section(BaseModel):
 class ChainConfig(_Section):
     network: str = "local"
     """`local` (the file ledger), or a bittensor network: `finney`, `test`, or a `ws://` URL."""
-    netuid: int = Field(3, ge=0)
-    """The subnet's uid on the chain (Templar: 3)."""
+    netuid: int | None = Field(None, ge=0)
+    """The subnet. No default on a bittensor network (a wrong one sets weights on someone else's
+    subnet): `open_chain` refuses to connect until the operator sets it. Unset on the local ledger means 3."""
     blocks_per_window: int = Field(8, ge=1)
     """Paper: 8 blocks of 12 s, about 96 s a window."""
     block_time_s: float = Field(12.0, gt=0)
@@ -269,6 +270,13 @@ class AuditConfig(_Section):
     """Folder of the audit tables (`<table>/window_id=<W>/part-0.parquet`)."""
 
 
+class RetentionConfig(_Section):
+    keep_checkpoints: int = Field(0, ge=0)
+    """Newest checkpoints kept in `validator.workdir/checkpoints` (0 = all); the audit tables keep their hashes."""
+    keep_archive_windows: int = Field(0, ge=0)
+    """Newest windows of fetched peer files kept in `validator.workdir/archive` (0 = all); older windows cannot be replayed."""
+
+
 class ScaleoutConfig(_Section):
     dask_address: str = ""
     """Empty: score on this machine; `tcp://host:8786`: an existing Dask scheduler (prefect-dask)."""
@@ -281,6 +289,8 @@ class ValidatorConfig(_Section):
     """Checkpoints (`checkpoints/<W>.safetensors`) and the archive of fetched files (`archive/<W>/`)."""
     hotkey: str = "validator"
     """The validator's hotkey (ss58 address on a bittensor chain; a name on the local ledger)."""
+    max_lag_windows: int = Field(3, ge=0)
+    """`gauntlet status` exits non-zero (a failing health check) when more windows than this are ready but not validated."""
 
 
 class RulesConfig(_Section):
@@ -373,6 +383,7 @@ class GauntletConfig(_Section):
     validator: ValidatorConfig = ValidatorConfig()
     scaleout: ScaleoutConfig = ScaleoutConfig()
     rules: RulesConfig = RulesConfig()
+    retention: RetentionConfig = RetentionConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> GauntletConfig:
@@ -524,3 +535,27 @@ def with_overrides(config: GauntletConfig, overrides: Iterable[str] | Mapping[st
     values = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides)
     base = config.model_dump()
     return _build([InitSettingsSource(_Layered, values), InitSettingsSource(_Layered, base)])
+
+
+SETTING_SECTIONS = frozenset({"chain", "data", "model", "codec", "storage", "audit", "validator", "scaleout",
+                              "retention"})
+"""Sections that describe where and on what a validator runs, not how it judges: a change of
+preset for a what-if leaves them as they were (the recorded files, model and paths stay valid)."""
+
+
+def with_preset(config: GauntletConfig, name: str) -> GauntletConfig:
+    """`config` judged under another preset's rules: the target preset's own values replace the
+    current preset's, every other setting (a network's own thresholds, its paths) is kept.
+
+    What the current preset set and the target does not mention returns to the field default, so
+    the result equals `load_config(preset=name)` plus the settings the operator chose."""
+    current, target = preset_values(config.preset), preset_values(name)
+    updates: dict[str, Any] = {"preset": name}
+    for section, values in current.items():
+        if isinstance(values, dict) and section not in SETTING_SECTIONS:
+            fields = type(getattr(config, section)).model_fields
+            updates.setdefault(section, {}).update({k: fields[k].default for k in values})
+    for section, values in target.items():
+        if isinstance(values, dict) and section not in SETTING_SECTIONS:
+            updates.setdefault(section, {}).update(values)
+    return with_overrides(config, updates)

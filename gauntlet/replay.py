@@ -16,13 +16,13 @@ import json
 import math
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gauntlet.audit.schema import TABLES, VOLATILE, conform
 from gauntlet.audit.store import AuditStore
-from gauntlet.config import GauntletConfig, with_overrides
+from gauntlet.config import GauntletConfig, with_overrides, with_preset
 from gauntlet.ratings import ValidatorState
 from gauntlet.state import restore_state
 from gauntlet.verdicts import Reason
@@ -45,6 +45,8 @@ class ReplayReport:
     weights_recorded: dict[int, float] = field(default_factory=dict)
     weights_replayed: dict[int, float] = field(default_factory=dict)
     compared: int = 0
+    rules_fired: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    """uid -> the 2026 rules that fired for it in the replay (what made a what-if differ)."""
 
     @property
     def identical(self) -> bool:
@@ -135,6 +137,16 @@ def compare(store: AuditStore, window: int, cfg: GauntletConfig, done: WindowRes
         report.differences.extend(f"{key}: not recorded, but the replay produced it" for key in ours)
 
 
+def what_if(cfg: GauntletConfig, overrides: Sequence[str]) -> GauntletConfig:
+    """The recorded config under a what-if: `preset=NAME` switches the rule set (`with_preset`:
+    the network's paths, model and own thresholds stay), other `section.field=value` apply on top."""
+    presets = [o.partition("=")[2].strip() for o in overrides if o.partition("=")[0].strip() == "preset"]
+    rest = [o for o in overrides if o.partition("=")[0].strip() != "preset"]
+    for name in presets:
+        cfg = with_preset(cfg, name)
+    return with_overrides(cfg, rest) if rest else cfg
+
+
 def replay_window(store: AuditStore, window: int, state: ValidatorState | None = None,
                   overrides: Sequence[str] = (), live_workdir: Path | None = None,
                   scratch: Scratch | None = None) -> tuple[ReplayReport, ValidatorState]:
@@ -144,7 +156,7 @@ def replay_window(store: AuditStore, window: int, state: ValidatorState | None =
             return replay_window(store, window, state, overrides, live_workdir, Scratch(Path(folder)))
     row, plan, records = _inputs(store, window)
     recorded_cfg = GauntletConfig.model_validate_json(row["config_json"])
-    cfg = with_overrides(recorded_cfg, overrides) if overrides else recorded_cfg
+    cfg = what_if(recorded_cfg, overrides)
     state = restore_state(store, before_window=window) if state is None else state
     live = Path(live_workdir or recorded_cfg.validator.workdir)
     scratch_cfg = scratch.config_for(cfg, live, window, row["checkpoint_before"])
@@ -152,21 +164,27 @@ def replay_window(store: AuditStore, window: int, state: ValidatorState | None =
     report = ReplayReport(window)
     report.weights_recorded = {r["uid"]: r["weight"] for r in store.read("weights", window_id=window).iter_rows(named=True)}
     report.weights_replayed = dict(done.rated.weights)
+    report.rules_fired = {r.state.uid: r.rules_fired for r in done.rated.records if r.rules_fired}
     if not overrides:
         compare(store, window, recorded_cfg, done, report)
     return report, done.state
 
 
 def replay_range(store: AuditStore, first: int, last: int, overrides: Sequence[str] = (),
-                 live_workdir: Path | None = None) -> list[ReplayReport]:
-    """Replay windows in order, carrying the replayed state (what-if) from the first one on."""
+                 live_workdir: Path | None = None,
+                 progress: Callable[[ReplayReport, int, int], None] | None = None) -> list[ReplayReport]:
+    """Replay windows in order, carrying the replayed state (what-if) from the first one on.
+    `progress(report, n, total)` is told as each window is done (the CLI's progress lines)."""
     state = restore_state(store, before_window=first)
     reports = []
+    windows = [w for w in store.windows() if first <= w <= last]
     with tempfile.TemporaryDirectory(prefix="gauntlet-replay-") as folder:
         scratch = Scratch(Path(folder))
-        for window in [w for w in store.windows() if first <= w <= last]:
+        for window in windows:
             report, state = replay_window(store, window, state, overrides, live_workdir, scratch)
             reports.append(report)
+            if progress is not None:
+                progress(report, len(reports), len(windows))
     if not reports:
         raise InputsGone(f"no recorded windows between {first} and {last} under {store.root}")
     return reports

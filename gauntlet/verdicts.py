@@ -19,6 +19,9 @@ class Reason(StrEnum):
     UNTRUSTED_TIME = "untrusted_time"
     """The upload time came only from the peer's own server (not a `storage.trusted_time_hosts` store)."""
     MALFORMED = "malformed"
+    EQUIVOCATED = "equivocated"
+    """Two reads of the peer's file gave different bytes: it serves different files to different
+    readers, which would split the network (window/fetch.py `_reread`). Penalised like an invalid file."""
     NON_FINITE = "non_finite"
     DESYNCED = "desynced"
     COPIED = "copied"
@@ -37,7 +40,7 @@ class Blame(StrEnum):
 
 
 # Reasons that mean the file itself is bad (an evaluated peer with one gets F = 0).
-INVALID_FILE = frozenset({Reason.MALFORMED, Reason.NON_FINITE})
+INVALID_FILE = frozenset({Reason.MALFORMED, Reason.NON_FINITE, Reason.EQUIVOCATED})
 
 MAX_DETAIL = 300
 """Characters of a verdict's detail kept: enough to name the fault, not a peer's payload."""

@@ -30,6 +30,8 @@ EXAMPLES = """examples:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `audit` and `explain` commands to a subparsers object."""
     audit = sub.add_parser("audit", help="read-only SQL over the audit tables (DuckDB)", epilog=EXAMPLES,
+                           description="Answer one read-only SQL statement over the audit tables (DuckDB views "
+                                       "over the Parquet files; writes are refused). --schema lists the tables.",
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     audit.add_argument("sql", nargs="?", help="one SELECT/WITH/DESCRIBE/SHOW/EXPLAIN statement")
     audit.add_argument("--root", default=DEFAULT_ROOT, help=f"audit folder (default {DEFAULT_ROOT})")
@@ -37,9 +39,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     audit.add_argument("--schema", action="store_true", help="list the tables and their columns, then exit")
     audit.set_defaults(func=run_audit)
 
-    why = sub.add_parser("explain", help="why a peer got what it got in one window, in plain words")
-    why.add_argument("--uid", type=int, required=True)
-    why.add_argument("--window", type=int, required=True)
+    why = sub.add_parser("explain", help="why a peer got what it got in one window, in plain words",
+                         description="Tell one peer's story in one window from the audit tables: each check it "
+                                     "passed or failed, its scores, rating and weight, and its recent history.")
+    why.add_argument("--uid", type=int, required=True, help="the peer's uid")
+    why.add_argument("--window", type=int, required=True, help="the window")
     why.add_argument("--root", default=DEFAULT_ROOT, help=f"audit folder (default {DEFAULT_ROOT})")
     why.add_argument("--history", type=int, default=5, help="previous windows to summarise (default 5)")
     why.set_defaults(func=run_explain)

@@ -34,8 +34,16 @@ CONSEQUENCE = {
     Reason.MALFORMED: "the file does not follow the submission format, so it could not be used",
     Reason.NON_FINITE: "the file holds NaN or Inf values, so it could not be used",
     Reason.DESYNCED: "the peer's model has drifted too far from the validator's (sync probe)",
-    Reason.COPIED: "its update is a copy of a peer that uploaded earlier; the later uploader is blamed",
-    Reason.BANNED: "the peer is barred for copying until its ban ends",
+    Reason.COPIED: ("its update is a copy of another peer's; the later uploader is blamed, and both when no trusted "
+                    "time orders them"),
+    Reason.BANNED: "the peer is barred (for copying, or by the 2026 naughty list) until its bar ends",
+    Reason.UNTRUSTED_TIME: ("its upload time came only from its own server, so it cannot be timed: store files with a "
+                            "provider on storage.trusted_time_hosts"),
+    Reason.EQUIVOCATED: "two reads of its file gave different bytes: it serves different content to different readers",
+    Reason.INTERNAL_ERROR: ("the validator failed on this peer's data (our fault): no penalty, but no pay for unverified "
+                            "work, and the window counts towards inactivity"),
+    Reason.VALIDATOR_FAULT: "the validator's own state was at fault: nobody is penalised",
+    Reason.INFRASTRUCTURE: "a storage outage corroborated by other peers: nobody is penalised",
 }
 
 

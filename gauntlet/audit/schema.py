@@ -68,8 +68,9 @@ _SPECS: dict[str, list[Column]] = {
         WINDOW_ID,
         ("uid", pa.int64(), False, "peer uid"),
         ("stage", pa.string(), False, "where the decision was taken: fetch, filter, sync, copy or score"),
-        ("reason", pa.string(), False, "ok, missing, too_early, too_late, malformed, non_finite, desynced, "
-                                        "copied, banned, validator_fault or infrastructure"),
+        ("reason", pa.string(), False, "ok, missing, too_early, too_late, untrusted_time, malformed, non_finite, "
+                                        "equivocated, desynced, copied, banned, internal_error, validator_fault or "
+                                        "infrastructure"),
         ("detail", pa.string(), False, "the decision in plain words, with the measured values"),
         ("blame", pa.string(), False, "who is at fault: peer, validator, infrastructure or none"),
     ],

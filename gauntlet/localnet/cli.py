@@ -4,6 +4,8 @@
 each window, for every window that became ready; its state is rebuilt from the network's audit
 tables, so runs can be repeated and carry on. Without `--validate` only the miners run (a
 validator flow can follow the same chain and buckets from another process).
+
+The simulator and the validator (torch) are imported by the handlers, not here (see gauntlet/cli.py).
 """
 
 from __future__ import annotations
@@ -12,13 +14,13 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from gauntlet.audit.store import AuditStore
 from gauntlet.config import DataConfig
 from gauntlet.localnet.network import DEFAULT_FOLDER, HOSTILE_ORDER, Network, init_network, load_network, parse_mix
-from gauntlet.localnet.simulate import MinerReport, run_network
-from gauntlet.state import restore_state
-from gauntlet.window.pipeline import Direct, validate_window
+
+if TYPE_CHECKING:
+    from gauntlet.localnet.simulate import MinerReport
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -39,6 +41,10 @@ def _init(args: argparse.Namespace) -> int:
 def _validator(net: Network) -> tuple[Callable[[int], None], int | None]:
     """The direct validator over the network's folder (its state carried across calls), and the
     first window it has not validated yet (None: it never ran)."""
+    from gauntlet.audit.store import AuditStore
+    from gauntlet.state import restore_state
+    from gauntlet.window.pipeline import Direct, validate_window
+
     cfg = net.config
     state = restore_state(AuditStore(cfg.audit.root))
 
@@ -50,6 +56,8 @@ def _validator(net: Network) -> tuple[Callable[[int], None], int | None]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from gauntlet.localnet.simulate import run_network
+
     net = load_network(args.network)
     validate, start = _validator(net) if args.validate else (None, None)
 
@@ -68,7 +76,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add `localnet init` and `localnet run` to the CLI's subcommands."""
     p = sub.add_parser("localnet", help="a local network: chain ledger, buckets, honest and hostile miners")
     lsub = p.add_subparsers(dest="localnet_command", required=True)
-    init = lsub.add_parser("init", help="create a network folder", description=__doc__.splitlines()[0])
+    init = lsub.add_parser("init", help="create a network folder",
+                           description="Create a network folder: chain ledger, one bucket per peer, the data "
+                                       "(built if missing), config.toml and the manifest of behaviours.")
     init.add_argument("--network", type=Path, default=DEFAULT_FOLDER, help="network folder (default: %(default)s)")
     init.add_argument("--peers", type=int, default=None,
                       help="number of peers in the default mix: at least 40%% honest, then one of each hostile "
@@ -85,7 +95,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="change a setting of the network's config.toml (repeatable)")
     init.add_argument("--force", action="store_true", help="replace an existing network in the folder")
     init.set_defaults(func=_init)
-    run = lsub.add_parser("run", help="run the miners for some windows (and the validator with --validate)")
+    run = lsub.add_parser("run", help="run the miners for some windows (and the validator with --validate)",
+                          description="Run the network's miners, honest and hostile, for some windows on the "
+                                      "local chain; with --validate the direct validator follows each window.")
     run.add_argument("--windows", type=int, required=True, help="number of windows to run")
     run.add_argument("--network", type=Path, default=DEFAULT_FOLDER, help="network folder (default: %(default)s)")
     run.add_argument("--validate", action="store_true",

@@ -16,7 +16,8 @@ are honest; the rest get one hostile kind each in the order of `HOSTILE_ORDER` (
 takes two uids) while they fit, and any uids left over are honest too. Honest peers get the
 lowest uids. N = 8: 4 honest, copycat, late, malformed, free_rider; N = 12: 5 honest, then
 copycat, late, malformed, free_rider, sign_flip, data_ignorer, stale; N = 21: 9 honest and every
-hostile kind (sybil x2). Hotkeys (`peer-000`...) say nothing about behaviours.
+hostile kind up to the sybils (x2); N = 27: 11 honest and every kind, the four that run their own
+hostile S3 endpoint too. Hotkeys (`peer-000`...) say nothing about behaviours.
 """
 
 from __future__ import annotations
@@ -33,16 +34,25 @@ from typing import Any
 from gauntlet.chain import LocalChain
 from gauntlet.config import LOCAL_CONFIG, DataConfig, GauntletConfig, load_config, parse_overrides
 from gauntlet.localnet.behaviours import BEHAVIOURS
+from gauntlet.localnet.hostile_endpoints import ENDPOINT_KINDS, commit_endpoints
 from gauntlet.storage import Bucket, BucketSpec, atomic_write
 
 DEFAULT_CONFIG = LOCAL_CONFIG
 DEFAULT_FOLDER = Path("data/localnet")
 HOSTILE_ORDER = ("copycat", "late", "malformed", "free_rider", "sign_flip", "data_ignorer", "stale", "noise",
-                 "scaled", "early", "sybil")
-"""Most instructive first: each is caught by a different check (see behaviours.py)."""
+                 "scaled", "early", "sybil") + ENDPOINT_KINDS
+"""Most instructive first: each is caught by a different check (see behaviours.py); the peers that
+run their own hostile S3 endpoint last (hostile_endpoints.py)."""
 GROUP_SIZE = {"sybil": 2}
 MIN_HONEST_SHARE = 0.4
 VALIDATOR_STAKE = 1000.0
+NETWORK_DEFAULTS: dict[str, Any] = {
+    "storage": {"local_trusted_time_hosts": []},
+    "filter": {"fetch_timeout_s": 5.0},
+}
+"""Under the config file and the overrides. No loopback endpoint's clock is trusted: honest peers
+use local folders (whose time the validator reads itself), and an endpoint on 127.0.0.1 is a
+peer's own server, as on a real network. A short fetch deadline: a slow drip costs 5 s a read."""
 
 
 @dataclass(frozen=True)
@@ -165,7 +175,7 @@ def network_settings(folder: Path, config_path: Path, corpus: Path, tokenizer: P
         "audit": {"root": str(folder / "audit")},
         "validator": {"workdir": str(folder / "validator")},
     }
-    return _merge(_merge(values, extra), paths)
+    return _merge(_merge(_merge(NETWORK_DEFAULTS, values), extra), paths)
 
 
 def _clear(folder: Path, force: bool) -> None:
@@ -219,6 +229,7 @@ def init_network(folder: Path = DEFAULT_FOLDER, peers: int | None = None, behavi
     chain = _create_chain(cfg)
     validator = _join(chain, folder, cfg.validator.hotkey, "validator", VALIDATOR_STAKE)
     members = [_join(chain, folder, f"peer-{i:03d}", name) for i, name in enumerate(roster)]
+    commit_endpoints(chain, members)  # peers that run their own S3 endpoint commit it instead
     network = Network(folder, cfg, chain, members, validator, seed)
     _write_json(folder / "manifest.json", network.manifest)
     return network

@@ -40,6 +40,7 @@ from gauntlet.clock import closed_window, first_block, global_step, put_window, 
 from gauntlet.codec import make_codec
 from gauntlet.data import Corpus, load_tokenizer
 from gauntlet.localnet.behaviours import Behaviour, Phase, WindowEnv, make_behaviour
+from gauntlet.localnet.hostile_endpoints import serve_endpoints, upload_bucket
 from gauntlet.localnet.network import Network
 from gauntlet.model import build_model
 from gauntlet.ratings import ValidatorState
@@ -124,7 +125,8 @@ class Miners:
         roster = {p.uid: p.behaviour for p in network.peers}
         self.behaviours: dict[int, Behaviour] = {
             uid: make_behaviour(name, uid, roster, network.seed) for uid, name in sorted(roster.items())}
-        self.buckets: dict[int, Bucket] = {uid: network.bucket(uid) for uid in roster}
+        self.buckets: dict[int, Bucket] = {uid: upload_bucket(network, uid) for uid in roster}
+        """Where each peer puts its file (an endpoint peer's folder, which its endpoint serves)."""
         self.first_window: int | None = None
         self.next_window: int | None = None
         self.sync_ema = ""
@@ -318,9 +320,16 @@ def run_network(network: Network, windows: int, validate: Callable[[int], None] 
     starting at `validate_from` (default: the first window the miners ran).
 
     `on_report` sees each window's report as soon as its miners are done (before validation).
+    The peers' own hostile S3 endpoint (hostile_endpoints.py) serves for as long as this runs.
     """
     if windows < 0:
         raise ValueError(f"windows must be >= 0, got {windows}")
+    with serve_endpoints(network):
+        return _run_windows(network, windows, validate, validate_from, miners, on_report)
+
+
+def _run_windows(network: Network, windows: int, validate: Callable[[int], None] | None, validate_from: int | None,
+                 miners: Miners | None, on_report: Callable[[MinerReport], None] | None) -> list[MinerReport]:
     miners = miners or open_miners(network)
     chain_cfg = network.config.chain
     reports = []

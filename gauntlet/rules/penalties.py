@@ -14,7 +14,7 @@ from gauntlet.rules.tracker import RuleTracker
 from gauntlet.verdicts import Reason, Verdict
 
 MISSING_FILE = frozenset({Reason.MISSING, Reason.TOO_EARLY, Reason.TOO_LATE, Reason.UNTRUSTED_TIME,
-                          Reason.MALFORMED, Reason.NON_FINITE})
+                          Reason.MALFORMED, Reason.NON_FINITE, Reason.EQUIVOCATED})
 """No usable file: the reference's gather skipped these (`skipped_uids`), or it found them invalid."""
 FILE_ARRIVED = frozenset({Reason.OK, Reason.DESYNCED, Reason.COPIED})
 """A file that parsed: the reference's gather counted it as gathered (sync and copies are judged apart)."""

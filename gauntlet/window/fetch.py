@@ -67,6 +67,20 @@ def _read(spec: BucketSpec, key: str, cfg: GauntletConfig, policy: EndpointPolic
     return got.last_modified, got.data, got.time_trusted
 
 
+def _reread(spec: BucketSpec, key: str, cfg: GauntletConfig, policy: EndpointPolicy, data: bytes) -> str | None:
+    """Equivocation check (issue 9): a self-hosted endpoint, which answers as its peer likes, is read
+    a second time (its own bounded read, so such a peer may cost twice `filter.fetch_timeout_s`);
+    other bytes than the first read's mean it serves different files to different readers, so the
+    miners may aggregate another file than ours. Returns the detail of an `equivocated` record, or
+    None. Trusted providers are read once: they serve one object to every reader at a time, and a
+    file replaced after the put window is what the published gather hashes settle, not a re-read."""
+    _, again, _ = _read(spec, key, cfg, policy)
+    if again == data:
+        return None
+    first, second = hashlib.sha256(data).hexdigest(), hashlib.sha256(again).hexdigest()
+    return f"two reads of {key} gave different files (sha256 {first[:16]}..., then {second[:16]}...)"
+
+
 def _failure(uid: int, key: str, exc: Exception) -> FetchRecord:
     """The record of a read that failed: reason by whose doing it was, detail without secrets."""
     mapping: list[tuple[type[Exception], Reason, str]] = [
@@ -101,8 +115,11 @@ def fetch_one(plan: WindowPlan, uid: int, archive: Path, cfg: GauntletConfig) ->
         if spec.kind == "s3":
             provider = parse_endpoint(spec.endpoint_url or "", policy).provider
         stamp, data, trusted = _read(spec, key, cfg, policy)
+        differs = _reread(spec, key, cfg, policy, data) if spec.kind == "s3" and provider is None else None
     except Exception as exc:  # noqa: BLE001 - hostile input must end as a record, never fail the window
         return replace(_failure(uid, key, exc), provider=provider)
+    if differs is not None:
+        return FetchRecord(uid, key, error=Reason.EQUIVOCATED, detail=differs, provider=provider)
     path = archive_path(archive, plan.window, uid)
     atomic_write(path, data)
     return FetchRecord(uid, key, size=len(data), last_modified=stamp.timestamp(),

@@ -233,3 +233,16 @@ def test_templar_2026_preset_pins_the_last_reference_constants():
     for (section, name), value in {**PAPER, **TEMPLAR_2026}.items():
         assert getattr(getattr(cfg, section), name) == value, f"{section}.{name}"
     assert cfg.preset == "templar-2026"
+
+
+def test_with_preset_switches_the_rules_and_keeps_the_network():
+    from gauntlet.config import LOCAL_CONFIG, with_preset
+
+    local = load_config(LOCAL_CONFIG)
+    templar = with_preset(local, "templar-2026")
+    assert templar.preset == "templar-2026" and templar.rules.sync_iqm and templar.uniqueness.own_margin == 0.0
+    assert templar.uniqueness.overlap_ban == local.uniqueness.overlap_ban  # the network's own threshold stays
+    assert (templar.model, templar.data, templar.chain, templar.audit) == (local.model, local.data, local.chain, local.audit)
+    back = with_preset(templar, "default")
+    assert not back.rules.sync_iqm and back.uniqueness.own_margin == 0.2 and back.uniqueness.ban_windows == 200
+    assert back.rules == load_config(preset="default").rules

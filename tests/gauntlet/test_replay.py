@@ -61,8 +61,9 @@ def test_replay_cli_exit_statuses(network, tmp_path, capsys):
     weights[0]["weight"] += 0.5
     store.write("weights", 3, [{k: v for k, v in r.items() if k != "window_id"} for r in weights], overwrite=True)
     try:
-        assert gauntlet(["replay", "--root", root, "--window", "3"]) == 1
-        assert "weight: recorded" in capsys.readouterr().out
+        assert gauntlet(["replay", "--root", root, "--window", "3", "--details"]) == 1
+        out = capsys.readouterr().out
+        assert out.startswith("replayed 1 window (3): 0 identical, 1 differ") and "weight: recorded" in out
     finally:
         store.write("weights", 3, [{k: v for k, v in r.items() if k != "window_id"} for r in original], overwrite=True)
     # inputs gone
@@ -95,3 +96,16 @@ def test_audit_cli_answers_and_refuses_writes(network, capsys):
     assert "too_late" in out and "copied" in out
     assert gauntlet(["audit", "--root", root, "DELETE FROM verdicts"]) == 2
     assert "read-only" in capsys.readouterr().err
+
+
+def test_what_if_under_the_2026_rules_names_the_rules_that_fired(network, capsys):
+    net, store, _ = network
+    reports = replay_range(store, 0, 3, ["preset=templar-2026"])
+    late = net.uids("late")[0]
+    fired = [rule for r in reports for rule in r.rules_fired.get(late, ())]
+    assert any("missing" in rule for rule in fired), fired  # escalating cuts for the late peer's files
+    assert any(r.weights_replayed != r.weights_recorded for r in reports)
+    root = str(store.root)
+    assert gauntlet(["replay", "--root", root, "--first", "2", "--last", "3", "--preset", "templar-2026"]) == 0
+    out = capsys.readouterr().out
+    assert "preset=templar-2026" in out and "rules that fired" in out

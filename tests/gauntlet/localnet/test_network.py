@@ -47,7 +47,10 @@ def test_default_mix_keeps_honest_peers_first_and_at_least_forty_percent(peers: 
 def test_default_mix_golden_values() -> None:
     assert default_mix(8) == ["honest"] * 4 + ["copycat", "late", "malformed", "free_rider"]
     assert Counter(default_mix(12))["honest"] == 5
-    assert Counter(default_mix(21)) == Counter({"honest": 9, "sybil": 2, **{k: 1 for k in HOSTILE_ORDER[:-1]}})
+    before_sybil = HOSTILE_ORDER[:HOSTILE_ORDER.index("sybil")]
+    assert Counter(default_mix(21)) == Counter({"honest": 9, "sybil": 2, **{k: 1 for k in before_sybil}})
+    every = [k for k in HOSTILE_ORDER if k != "sybil"]
+    assert Counter(default_mix(27)) == Counter({"honest": 11, "sybil": 2, **{k: 1 for k in every}})
     with pytest.raises(ValueError, match="at least one peer"):
         default_mix(0)
 

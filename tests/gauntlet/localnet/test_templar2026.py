@@ -8,7 +8,7 @@ import pytest
 
 from gauntlet.audit.store import AuditStore
 from gauntlet.localnet.network import init_network
-from gauntlet.localnet.simulate import open_miners, run_network
+from gauntlet.localnet.simulate import run_network
 from gauntlet.state import restore_state
 from gauntlet.window.pipeline import Direct, validate_window
 
@@ -29,11 +29,14 @@ def test_templar_2026_network_runs_and_restores(tmp_path, prepared_data):
     def validate(window: int) -> None:
         state[0] = validate_window(Direct(), cfg, window, state=state[0]).state
 
-    run_network(net, 5, validate)
+    reports = run_network(net, 5, validate)
     last = max(store.windows())
     assert store.windows() == list(range(last + 1)) and last >= 2
     assert restore_state(store) == state[0]  # trackers and the sync EMA come back from the tables
-    assert state[0].sync_ema and open_miners(net).sync_ema == state[0].sync_ema
+    assert state[0].sync_ema  # the 2026 sync rule ran, with its EMA kept in the tables
+    for window in store.windows():  # the miners' public checks (the IQM sync among them) agree with the validator's
+        recorded = {r["uid"]: r["reason"] for r in store.read("verdicts", window_id=window).iter_rows(named=True)}
+        assert reports[window].verdicts == recorded, window
     verdicts = {r["uid"]: r["reason"] for r in store.read("verdicts", window_id=last).iter_rows(named=True)}
     assert all(verdicts[u] == "ok" for u in net.uids("honest"))
     assert verdicts[net.uids("late")[0]] == "too_late"

@@ -109,7 +109,8 @@ def test_transient_faults_are_retried_within_the_budget_then_read(honest, baseli
     with flaky:
         hostile, others, _ = _fetch_with(flaky, honest, tmp_path)
     assert hostile.error is None and Path(hostile.path).read_bytes() == b"second try"
-    assert len(flaky.requests) == 2 and flaky.requests[0].startswith("GET /hostile-bucket/gauntlet/v1/")
+    # the 503, the read, and the second read of a self-hosted endpoint (the equivocation check)
+    assert len(flaky.requests) == 3 and flaky.requests[0].startswith("GET /hostile-bucket/gauntlet/v1/")
     with HostileS3(Answer(status=503, body=b"")) as always:
         down, _, took = _fetch_with(always, honest, tmp_path)
     assert len(always.requests) == 1 + CFG.storage.fetch_retries and took < BUDGET_S + 1.0
@@ -137,11 +138,16 @@ def test_lying_times_are_recorded_as_the_untrusted_times_they_are(honest, tmp_pa
 
 
 
-def test_different_content_on_each_read_shows_in_the_content_hash(honest, tmp_path):
+def test_different_content_on_each_read_is_equivocation(honest, baseline, tmp_path):
     with HostileS3(lambda n: Answer(body=f"read number {n}".encode())) as server:
+        hostile, others, _ = _fetch_with(server, honest, tmp_path)
+    assert hostile.error == Reason.EQUIVOCATED and "different files" in hostile.detail and hostile.path is None
+    assert len(server.requests) == 2 and _without_path(others) == baseline
+    with HostileS3(lambda n: Answer(body=b"same" if n < 2 else b"changed")) as server:  # changes between readers
         first, _, _ = _fetch_with(server, honest, tmp_path / "a")
         second, _, _ = _fetch_with(server, honest, tmp_path / "b")
     assert first.error is None and second.error is None and first.content_hash != second.content_hash
+    assert not first.time_trusted  # so neither read is ever accepted (filter: untrusted_time)
 
 
 def test_an_endless_body_is_read_only_up_to_the_cap(honest, tmp_path):
