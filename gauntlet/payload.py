@@ -23,7 +23,7 @@ import torch
 from gauntlet.codec import Codec, Layout
 from gauntlet.safejson import is_int, show
 from gauntlet.sparseloco import PARTS as SPARSELOCO_PARTS
-from gauntlet.sparseloco import PayloadProblem, Quantized, SparseLoCoCodec
+from gauntlet.sparseloco import MAX_CHUNK_ELEMS, PayloadProblem, Quantized, SparseLoCoCodec, pack_12bit, unpack_12bit
 from gauntlet.verdicts import Reason
 
 MAX_ABS_VALUE = 1e9
@@ -150,3 +150,28 @@ def _bounded(tensor: str, vals: torch.Tensor) -> torch.Tensor:
 def _more(mask: torch.Tensor) -> str:
     n = int(mask.sum())
     return f" ({n} such entries in this tensor)" if n > 1 else ""
+
+
+def corrupt_parts(tensors: dict[str, torch.Tensor], fault: str, codec: Codec, layouts: Mapping[str, Layout]) -> None:
+    """Break a valid file's tensors in place in one known way, whatever the codec (the local
+    network's malformed peer, and tests): `nan` puts a NaN among the first parameter's values,
+    `index_out_of_range` an index just past the end of its chunk."""
+    name = sorted(layouts)[0]
+    sparseloco = isinstance(codec, SparseLoCoCodec)
+    if fault == "nan":
+        values = tensors[f"{name}.qparams" if sparseloco else f"{name}.vals"]
+        values.view(-1)[0] = float("nan")
+    elif fault == "index_out_of_range" and not sparseloco:
+        idx = tensors[f"{name}.idx"].to(torch.int32)
+        idx[0, 0] = layouts[name].chunk_elems
+        tensors[f"{name}.idx"] = idx
+    elif fault == "index_out_of_range":
+        small = [n for n in sorted(layouts) if layouts[n].chunk_elems < MAX_CHUNK_ELEMS]
+        if not small:
+            raise ValueError(f"every chunk has {MAX_CHUNK_ELEMS} elements: no 12-bit index lies past one's end")
+        lay = layouts[small[0]]
+        idx, _ = unpack_12bit(tensors[f"{small[0]}.idx"], lay.n_chunks * lay.k)
+        idx[0] = lay.chunk_elems
+        tensors[f"{small[0]}.idx"] = pack_12bit(idx)
+    else:
+        raise ValueError(f"unknown fault {fault!r}; choose nan or index_out_of_range")

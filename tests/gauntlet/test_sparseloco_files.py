@@ -13,6 +13,7 @@ import torch
 from gauntlet.codec import DCTCodec, _to_chunks, make_codec
 from gauntlet.config import CodecConfig, ConfigError, load_config, with_overrides
 from gauntlet.miner import MinerState, pseudo_gradient
+from gauntlet.payload import corrupt_parts
 from gauntlet.sparseloco import Quantized, SparseLoCoCodec
 from gauntlet.submission import META_KEY, ModelSpec, Submission, parse_submission, write_submission
 from gauntlet.verdicts import Reason, Verdict
@@ -258,3 +259,17 @@ def test_lookup_for_an_unused_level() -> None:
         tensors, meta = _parts(_valid())
     tensors["norm.weight.qparams"][2 + unused] = 0.5
     _rejected(_rebuilt(tensors, meta), f"lookup[{unused}] is 0.5 but no value uses level {unused}")
+
+
+@pytest.mark.parametrize(("fault", "reason", "words"), [
+    ("nan", Reason.NON_FINITE, "'layer.weight.qparams' holds NaN or Inf"),
+    ("index_out_of_range", Reason.MALFORMED, "'norm.weight.idx': index 48 in chunk 0 is outside [0, 48)"),
+])
+def test_the_local_networks_corruptions_fit_either_codec(fault: str, reason: Reason, words: str) -> None:
+    tensors, meta = _parts(_valid())
+    corrupt_parts(tensors, fault, SPEC.codec, SPEC.layouts)
+    _rejected(_rebuilt(tensors, meta), words, reason=reason)
+    dct, dct_spec = DCTCodec(64, 32), ModelSpec(SHAPES, FP, 64, 32)
+    tensors, meta = _parts(write_submission(WINDOW, UID, FP, dct, dct.encode_all(_dense()), PROBE))
+    corrupt_parts(tensors, fault, dct_spec.codec, dct_spec.layouts)
+    _rejected(_rebuilt(tensors, meta), "'layer.weight.", reason=reason, spec=dct_spec)
