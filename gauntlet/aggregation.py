@@ -2,7 +2,8 @@
 
 Each peer's values are scaled to unit L2 norm per tensor before merging, so no single peer can
 dominate the aggregate by sending large values; the merge is a mean over the peers that chose a
-coefficient (not over all peers), then one IDCT per tensor. The step uses only the sign of the
+coefficient (not over all peers), then the codec's decode (an IDCT, or a plain scatter for
+SparseLoCo) per tensor. The step uses only the sign of the
 merged delta (plain SGD on sign, no momentum, no weight decay), as in GAUNTLET.md.
 """
 
@@ -13,7 +14,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from gauntlet.codec import Compressed, DCTCodec
+from gauntlet.codec import Codec, Compressed
 
 
 def _stack_peers(peers: Sequence[Compressed], name: str) -> tuple[Tensor, Tensor]:
@@ -46,7 +47,7 @@ def _unit_norm(vals: Tensor) -> Tensor:
 
 
 def aggregate(
-    codec: DCTCodec, peers: Sequence[Compressed], shapes: Mapping[str, tuple[int, ...]]
+    codec: Codec, peers: Sequence[Compressed], shapes: Mapping[str, tuple[int, ...]]
 ) -> dict[str, Tensor]:
     """The dense delta per tensor of `shapes`, in float32 on the peers' idx device."""
     if not peers:

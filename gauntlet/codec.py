@@ -20,6 +20,7 @@ import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -151,8 +152,49 @@ def _topk_canonical(mag: Tensor, k: int) -> Tensor:
     return keep.nonzero()[:, 1].reshape(mag.shape[0], k)
 
 
+class Codec(Protocol):
+    """What the validator's stages need of a codec: a layout and (idx, vals) in, dense tensors out.
+
+    Both codecs chunk a tensor the same way (`layout`) and hand every stage (idx, vals) pairs, so
+    the scorer, the copy check and aggregation never ask which kind wrote a file; only the file
+    format (gauntlet/submission.py) and the miner's feedback loop (gauntlet/miner.py) do.
+    """
+
+    kind: str
+    chunk: int
+    topk: int
+
+    def layout(self, shape: Sequence[int]) -> Layout: ...
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]: ...
+
+    def decode(self, idx: Tensor, vals: Tensor, shape: Sequence[int]) -> Tensor: ...
+
+    def decode_batch(self, idx: Tensor, vals: Tensor, shape: Sequence[int]) -> Tensor: ...
+
+    def decode_mean(self, idx: Tensor, vals: Tensor, shape: Sequence[int]) -> Tensor: ...
+
+    def encode_all(self, tensors: Mapping[str, Tensor]) -> Compressed: ...
+
+    def decode_all(self, c: Compressed, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Tensor]: ...
+
+
+def make_codec(cfg: CodecConfig) -> Codec:
+    """The codec `cfg.kind` names, with its consensus settings: the one place codecs are built."""
+    if cfg.kind == "dct":
+        return DCTCodec(chunk=cfg.chunk, topk=cfg.topk)
+    if cfg.kind == "sparseloco":
+        from gauntlet.sparseloco import SparseLoCoCodec  # it imports this module's chunking
+
+        return SparseLoCoCodec(chunk=cfg.chunk, topk=cfg.topk, bins=cfg.bins, range_sigmas=cfg.range_sigmas,
+                               ef_decay=cfg.ef_decay)
+    raise ValueError(f"unknown codec kind {cfg.kind!r}; choose dct or sparseloco")
+
+
 class DCTCodec:
     """Encode and decode pseudo-gradients; `chunk` and `topk` are consensus values (CodecConfig)."""
+
+    kind = "dct"
 
     def __init__(self, chunk: int = 64, topk: int = 32) -> None:
         if chunk < 1 or topk < 1:
@@ -162,6 +204,8 @@ class DCTCodec:
 
     @classmethod
     def from_config(cls, cfg: CodecConfig) -> DCTCodec:
+        if cfg.kind != cls.kind:
+            raise ValueError(f"codec.kind is {cfg.kind!r}, not 'dct'; build codecs with make_codec(cfg.codec)")
         return cls(chunk=cfg.chunk, topk=cfg.topk)
 
     def __repr__(self) -> str:

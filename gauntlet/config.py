@@ -88,14 +88,29 @@ class ModelConfig(_Section):
 
 
 class CodecConfig(_Section):
+    kind: Literal["dct", "sparseloco"] = "dct"
+    """Pseudo-gradient file codec: `dct` (DeMo, the paper) or `sparseloco` (the reference's last)."""
     chunk: int = Field(64, ge=1, le=4096)
     """Largest chunk edge; the chunk of a dimension is its largest divisor <= chunk."""
     topk: int = Field(32, ge=1)
-    """DCT coefficients kept per chunk (by magnitude)."""
+    """Entries kept per chunk by magnitude (DCT coefficients, or raw values for sparseloco)."""
     momentum: float = Field(0.999, ge=0, lt=1)
-    """Miner momentum: `m = momentum * m + lr * g`."""
+    """DCT miner momentum: `m = momentum * m + lr * g`."""
     error_feedback_after: int = Field(5, ge=0)
-    """Error feedback is skipped in the first N windows a miner trains."""
+    """DCT miners skip error feedback in their first N windows (sparseloco never does)."""
+    bins: int = Field(4, ge=2, le=256)
+    """sparseloco: quantisation levels per value (4 = 2 bits), a consensus value of the file."""
+    range_sigmas: float = Field(6.0, gt=0, allow_inf_nan=False)
+    """sparseloco: the levels span this many standard deviations of a tensor's kept values."""
+    ef_decay: float = Field(0.95, ge=0, le=1)
+    """sparseloco miner: error feedback `e = ef_decay * e + lr * g` from the first window."""
+
+    @model_validator(mode="after")
+    def _sparseloco_chunk(self) -> CodecConfig:
+        if self.kind == "sparseloco" and self.chunk > 64:
+            raise ValueError(f"codec.chunk = {self.chunk}: sparseloco's 12-bit indices address chunks "
+                             f"of at most 64 x 64 elements; use chunk <= 64")
+        return self
 
 
 class FilterConfig(_Section):

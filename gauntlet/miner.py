@@ -2,9 +2,14 @@
 
 1. train on its own pages for W (``assign_pages(seed=uid, offset=W * pages_per_window)``),
    g = mean gradient over its batches;
-2. momentum ``m = momentum * m + lr_W * g`` (first window: ``m = lr_W * g``);
-3. DCT-II top-k per chunk; error feedback ``m -= decode(kept)`` once past the first windows;
-4. a safetensors file with the sync probe (its parameters at the start of W).
+2. ``codec.kind = "dct"`` (the paper): momentum ``m = momentum * m + lr_W * g`` (first window:
+   ``m = lr_W * g``), DCT-II top-k per chunk, error feedback ``m -= decode(kept)`` once past the
+   first windows;
+   ``codec.kind = "sparseloco"`` (the reference's last miners): error feedback from the first
+   window, ``e = ef_decay * e + lr_W * g``, top-k of e per chunk quantised, ``e -= what was sent``;
+3. a safetensors file with the sync probe (its parameters at the start of W).
+
+Both keep their buffer in `MinerState.momentum`, so a behaviour never asks which codec it runs.
 
 The local network's hostile behaviours are small strategies over these functions.
 """
@@ -17,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from gauntlet.codec import Compressed, DCTCodec
+from gauntlet.codec import Codec, Compressed
 from gauntlet.config import GauntletConfig
 from gauntlet.data import Corpus, assign_pages, page_batches
 from gauntlet.filter import probe_values
@@ -26,7 +31,7 @@ from gauntlet.submission import write_submission
 
 @dataclass
 class MinerState:
-    """A peer's private state across windows (its momentum carries the error feedback)."""
+    """A peer's private state across windows (its momentum, or SparseLoCo's error-feedback buffer)."""
 
     uid: int
     momentum: dict[str, Tensor] | None = None
@@ -56,9 +61,22 @@ def mean_gradient(model: torch.nn.Module, batches: Sequence[Tensor]) -> dict[str
     return grads
 
 
-def pseudo_gradient(state: MinerState, grad: Mapping[str, Tensor], lr: float, codec: DCTCodec,
+def pseudo_gradient(state: MinerState, grad: Mapping[str, Tensor], lr: float, codec: Codec,
                     momentum: float, error_feedback_after: int) -> Compressed:
-    """Update the momentum with this window's gradient and compress it (with error feedback)."""
+    """Update the momentum with this window's gradient and compress it (with error feedback).
+
+    A SparseLoCo codec takes its own feedback step (`momentum` and `error_feedback_after` are
+    DCT settings); its values are `Quantized` pairs, which the writer packs exactly as sent.
+    """
+    if codec.kind == "sparseloco":
+        if state.momentum is None:
+            state.momentum = {}
+        with torch.no_grad():
+            delta = {n: lr * g for n, g in grad.items()}
+        compressed: Compressed = codec.feedback_step(state.momentum, delta)  # type: ignore[attr-defined]
+        state.windows_trained += 1
+        state.history = [*state.history[-4:], compressed]
+        return compressed
     with torch.no_grad():
         if state.momentum is None:
             state.momentum = {n: lr * g for n, g in grad.items()}
@@ -85,7 +103,7 @@ class MinedWindow:
 
 
 def mine_window(model: torch.nn.Module, state: MinerState, window: int, lr: float, corpus: Corpus,
-                tokenizer: object, codec: DCTCodec, cfg: GauntletConfig,
+                tokenizer: object, codec: Codec, cfg: GauntletConfig,
                 pages: list[int] | None = None) -> MinedWindow:
     """Train one window on the peer's own pages (or `pages`, for hostile variants)."""
     pages = own_pages(state.uid, window, corpus, cfg) if pages is None else pages
@@ -97,5 +115,5 @@ def mine_window(model: torch.nn.Module, state: MinerState, window: int, lr: floa
     return MinedWindow(window, state.uid, compressed, probe, pages)
 
 
-def submission_bytes(mined: MinedWindow, fingerprint: str, codec: DCTCodec) -> bytes:
+def submission_bytes(mined: MinedWindow, fingerprint: str, codec: Codec) -> bytes:
     return write_submission(mined.window, mined.uid, fingerprint, codec, mined.compressed, mined.probe)

@@ -27,7 +27,7 @@ The reference stores one code per byte; packing them is what makes the values 2 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -144,6 +144,11 @@ class Quantized:
         """float32 (C, k): the values a decoder gets, which error feedback must subtract."""
         return dequantize(self.codes, self.qparams)
 
+    def __iter__(self) -> Iterator[Tensor]:
+        """Unpacks as the pair (idx, vals) every stage takes, while the writer can still pack the
+        miner's own codes: re-quantising dequantised values need not give the same levels."""
+        return iter((self.idx, self.vals))
+
     def pack(self) -> dict[str, Tensor]:
         """The wire tensors {idx, codes, qparams} on the CPU (uint8, uint8, float32)."""
         return {"idx": pack_12bit(self.idx).cpu(), "codes": pack_codes(self.codes, self.bits).cpu(),
@@ -198,6 +203,15 @@ class SparseLoCoCodec:
         codes, qparams = quantize(kept, self.bins, self.range_sigmas)
         return Quantized(idx, codes, qparams.to(x.device), self.bits)
 
+    def quantize_pair(self, idx: Tensor, vals: Tensor) -> Quantized:
+        """Given (idx, vals) (C, k), e.g. a transformed update -> its encoding with fresh levels."""
+        if idx.dim() != 2 or idx.shape != vals.shape:
+            raise ValueError(f"idx and vals must both be (n_chunks, k); got {tuple(idx.shape)}, {tuple(vals.shape)}")
+        if not bool(torch.isfinite(vals).all()):
+            raise ValueError("vals hold NaN or Inf; they have no quantisation levels")
+        codes, qparams = quantize(vals, self.bins, self.range_sigmas)
+        return Quantized(idx.to(torch.int64), codes, qparams.to(vals.device), self.bits)
+
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """-> (idx int64 (C, k), vals float32 (C, k)), vals already quantised as a decoder sees them."""
         q = self.encode_q(x)
@@ -209,21 +223,22 @@ class SparseLoCoCodec:
     def decode_batch(self, idx: Tensor, vals: Tensor, shape: Sequence[int]) -> Tensor:
         """idx, vals (P, C, k) -> (P, *shape) float32, one scatter (no inverse transform to run)."""
         lay = self.layout(shape)
-        idx, vals = _check_sparse(idx, vals, lay)
+        idx, vals, scale = _check_sparse(idx, vals, lay, per_peer=True)
         dense = torch.zeros(idx.shape[0], *lay.shape, dtype=torch.float32, device=idx.device)
         dense.view(-1).index_add_(0, _positions(idx, lay, per_peer=True).flatten(), vals.flatten())
-        return dense
+        return dense if scale is None else dense.mul_(scale.view(-1, *[1] * len(lay.shape)))
 
     def decode_mean(self, idx: Tensor, vals: Tensor, shape: Sequence[int]) -> Tensor:
         """idx, vals (P, C, k) -> (*shape): per position, the mean over the peers that chose it."""
         lay = self.layout(shape)
-        idx, vals = _check_sparse(idx, vals, lay)
+        idx, vals, scale = _check_sparse(idx, vals, lay, per_peer=False)
         flat = _positions(idx, lay, per_peer=False).flatten()  # (P*C*k,)
         sums = torch.zeros(lay.shape, dtype=torch.float32, device=idx.device)
         sums.view(-1).index_add_(0, flat, vals.flatten())
         counts = torch.zeros(lay.shape, dtype=torch.float32, device=idx.device)
         counts.view(-1).index_add_(0, flat, torch.ones_like(flat, dtype=torch.float32))
-        return sums.div_(counts.clamp_min_(1.0))
+        sums.div_(counts.clamp_min_(1.0))
+        return sums if scale is None else sums.mul_(scale)
 
     def encode_all(self, tensors: Mapping[str, Tensor]) -> dict[str, tuple[Tensor, Tensor]]:
         return {name: self.encode(t) for name, t in tensors.items()}

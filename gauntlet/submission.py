@@ -11,10 +11,12 @@ is capped per model (`ModelSpec.max_header_bytes`), parsed in time linear in its
 bounded too (`MAX_ABS_VALUE`), so no finite value overflows the arithmetic of later stages.
 Every failure is a `Verdict`, never an exception: one broken file must not stop the window.
 
-Layout: tensors ``"<param>.idx"`` (int16 on disk when the indices fit, int64 in memory) and
-``"<param>.vals"`` (float32; bfloat16 and float16 are read and upcast), each ``(n_chunks, k)``,
-and safetensors metadata ``{"gauntlet": <json>}`` with format_version, window, uid,
-fingerprint, codec ``{chunk, topk}`` and probe ``{param: [v10, v11]}`` (the sync probe).
+Layout: per parameter the tensors of the file's codec (gauntlet/payload.py: ``idx`` and ``vals``
+for DCT; packed ``idx``, ``codes`` and ``qparams`` for SparseLoCo) and safetensors metadata
+``{"gauntlet": <json>}`` with format_version, window, uid, fingerprint, codec (``{kind, chunk,
+topk}``, plus ``bins`` for SparseLoCo: what a decoder needs) and probe ``{param: [v10, v11]}``
+(the sync probe). A file of another codec than the validator's is refused before its tensors
+are looked at, with a verdict that names both kinds.
 """
 
 from __future__ import annotations
@@ -35,9 +37,11 @@ import torch
 
 from gauntlet import safejson
 from gauntlet.safejson import finite_float, is_int, show
-from gauntlet.codec import Compressed, DCTCodec, Layout, layout
+from gauntlet.codec import Codec, Compressed, Layout, make_codec
 from gauntlet.config import CodecConfig
-from gauntlet.verdicts import Reason, Verdict
+from gauntlet.payload import MAX_ABS_VALUE as MAX_ABS_VALUE  # re-exported: tests and tools bound files by it
+from gauntlet.payload import Reject, check_entries, read_pair, write_parts
+from gauntlet.verdicts import Verdict
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +49,9 @@ FORMAT_VERSION = 1
 MAX_HEADER_BYTES = 4 * 2**20
 """A real header is about 200 bytes per parameter tensor (the 1.2B model: ~40 KB)."""
 HEADER_BYTES_PER_TENSOR = 1024
-"""Header budget per parameter (two entries and a probe pair take ~300 bytes plus the name, x3)."""
-MAX_ABS_VALUE = 1e9
-"""Largest |coefficient| a file may hold. Parameters are O(1) and a coefficient of a 4096-element
-chunk is at most 64 times its chunk's largest element, so no pseudo-gradient comes near; the bound
-keeps every later float32 sum, square and inverse transform of accepted values finite."""
+"""Header budget per parameter (three entries and a probe pair take ~400 bytes plus the name, x2.5)."""
 META_KEY = "gauntlet"
 META_FIELDS = ("format_version", "window", "uid", "fingerprint", "codec", "probe")
-IDX_DTYPES = ("I16", "I32", "I64")
-VALS_DTYPES = ("F32", "BF16", "F16")
 
 
 @dataclass
@@ -76,17 +74,31 @@ class ModelSpec:
     fingerprint: str
     chunk: int
     topk: int
+    kind: str = "dct"
+    bins: int = 4
+    """SparseLoCo's level count (unused by DCT)."""
 
     def __post_init__(self) -> None:
         if not self.shapes:
             raise ValueError("ModelSpec needs at least one parameter shape")
         frozen = {str(n): tuple(int(d) for d in s) for n, s in self.shapes.items()}
         object.__setattr__(self, "shapes", MappingProxyType(frozen))
+        self.codec  # noqa: B018 - fail now on an unknown kind or settings the codec refuses
         self.layouts  # noqa: B018 - fail now on shapes the codec cannot chunk
 
     @classmethod
     def build(cls, shapes: Mapping[str, tuple[int, ...]], fingerprint: str, codec: CodecConfig) -> ModelSpec:
-        return cls(shapes=shapes, fingerprint=fingerprint, chunk=codec.chunk, topk=codec.topk)
+        return cls(shapes=shapes, fingerprint=fingerprint, chunk=codec.chunk, topk=codec.topk, kind=codec.kind,
+                   bins=codec.bins)
+
+    @cached_property
+    def codec(self) -> Codec:
+        """The decoder of this network's files (a SparseLoCo decoder needs no range or decay)."""
+        return make_codec(CodecConfig(kind=self.kind, chunk=self.chunk, topk=self.topk, bins=self.bins))
+
+    @cached_property
+    def codec_meta(self) -> dict[str, Any]:
+        return codec_meta(self.codec)
 
     @cached_property
     def max_header_bytes(self) -> int:
@@ -97,16 +109,28 @@ class ModelSpec:
 
     @cached_property
     def layouts(self) -> Mapping[str, Layout]:
-        return MappingProxyType({n: layout(s, self.chunk, self.topk) for n, s in self.shapes.items()})
+        return MappingProxyType({n: self.codec.layout(s) for n, s in self.shapes.items()})
 
 
 def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def write_submission(window: int, uid: int, fingerprint: str, codec: DCTCodec, grads: Compressed,
+def codec_meta(codec: Codec) -> dict[str, Any]:
+    """The file's `codec` metadata: the kind and the settings its decoder needs."""
+    meta = {"kind": codec.kind, "chunk": codec.chunk, "topk": codec.topk}
+    if codec.kind == "sparseloco":
+        meta["bins"] = codec.bins  # type: ignore[attr-defined]
+    return meta
+
+
+def write_submission(window: int, uid: int, fingerprint: str, codec: Codec, grads: Compressed,
                      probe: Mapping[str, list[float]]) -> bytes:
-    """The file's bytes; the same inputs always give the same bytes (sorted keys and tensors)."""
+    """The file's bytes; the same inputs always give the same bytes (sorted keys and tensors).
+
+    For a SparseLoCo codec a `sparseloco.Quantized` value is packed as the miner encoded it; a
+    plain (idx, vals) pair is quantised afresh (gauntlet/payload.py `write_parts`).
+    """
     if window < 0 or uid < 0:
         raise ValueError(f"window and uid must be >= 0, got window={window}, uid={uid}")
     if not grads or set(grads) != set(probe):
@@ -115,23 +139,10 @@ def write_submission(window: int, uid: int, fingerprint: str, codec: DCTCodec, g
                          f"only in grads: {only_g}, only in probe: {only_p}")
     tensors: dict[str, torch.Tensor] = {}
     for name in sorted(grads):
-        idx, vals = grads[name]
-        if idx.dim() != 2 or idx.shape != vals.shape:
-            raise ValueError(f"{name}: idx and vals must both be (n_chunks, k); "
-                             f"got {tuple(idx.shape)}, {tuple(vals.shape)}")
-        if idx.numel() and int(idx.min()) < 0:
-            raise ValueError(f"{name}: negative index {int(idx.min())}")
-        if not bool(torch.isfinite(vals).all()):
-            raise ValueError(f"{name}: vals hold NaN or Inf; the validator would refuse this file")
-        if vals.numel() and float(vals.abs().max()) > MAX_ABS_VALUE:
-            raise ValueError(f"{name}: |vals| reach {float(vals.abs().max()):.3g}, over MAX_ABS_VALUE "
-                             f"{MAX_ABS_VALUE:g}; the validator would refuse this file")
-        small = idx.numel() == 0 or int(idx.max()) <= torch.iinfo(torch.int16).max
-        tensors[f"{name}.idx"] = idx.detach().to("cpu", torch.int16 if small else torch.int32).contiguous()
-        tensors[f"{name}.vals"] = vals.detach().to("cpu", torch.float32).contiguous()
+        tensors.update(write_parts(codec, name, grads[name]))
     meta = {
         "format_version": FORMAT_VERSION, "window": int(window), "uid": int(uid), "fingerprint": fingerprint,
-        "codec": {"chunk": codec.chunk, "topk": codec.topk},
+        "codec": codec_meta(codec),
         "probe": {name: _probe_pair(name, probe[name]) for name in sorted(probe)},
     }
     text = json.dumps(meta, sort_keys=True, separators=(",", ":"), allow_nan=False)
@@ -145,13 +156,8 @@ def _probe_pair(name: str, values: Any) -> list[float]:
     return pair
 
 
-class _Reject(Exception):
-    """Control flow inside the parser only: every instance becomes a Verdict."""
-
-    def __init__(self, detail: str, reason: Reason = Reason.MALFORMED) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.reason = reason
+_Reject = Reject
+"""Control flow inside the parser only: every instance becomes a Verdict."""
 
 
 def parse_submission(data: bytes, *, window: int, uid: int, spec: ModelSpec, max_bytes: int) -> Submission | Verdict:
@@ -181,13 +187,12 @@ def _parse(data: bytes, window: int, uid: int, spec: ModelSpec, max_bytes: int) 
     meta = _read_metadata(header)
     _check_identity(meta, window, uid, spec)
     probe = _check_probe(meta["probe"], spec)
-    _check_entries(header, spec)
+    check_entries(header, spec.layouts, spec.codec)
     try:
         raw = safetensors.torch.load(data)
     except safetensors.SafetensorError as exc:
         raise _Reject(f"safetensors refused the file: {exc}") from None
-    grads = {name: _check_tensors(name, raw[f"{name}.idx"], raw[f"{name}.vals"], lay)
-             for name, lay in spec.layouts.items()}
+    grads = {name: read_pair(spec.codec, name, raw, lay) for name, lay in spec.layouts.items()}
     return Submission(window, uid, meta["fingerprint"], grads, probe, content_hash(data), len(data))
 
 
@@ -241,6 +246,7 @@ def _read_metadata(header: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_identity(meta: dict[str, Any], window: int, uid: int, spec: ModelSpec) -> None:
+    _check_kind(meta["codec"], spec)
     if meta["window"] != window:
         raise _Reject(f"metadata says window {meta['window']} but the file was read from the key of window {window}")
     if meta["uid"] != uid:
@@ -248,11 +254,18 @@ def _check_identity(meta: dict[str, Any], window: int, uid: int, spec: ModelSpec
     if meta["fingerprint"] != spec.fingerprint:
         raise _Reject(f"model fingerprint {show(meta['fingerprint'], 80)} does not match the validator's "
                       f"{spec.fingerprint!r}")
-    codec = meta["codec"]
-    if set(codec) != {"chunk", "topk"} or codec != {"chunk": spec.chunk, "topk": spec.topk} \
-            or not all(is_int(v) for v in codec.values()):
-        raise _Reject(f"codec settings {show(codec)} do not match the validator's "
-                      f"chunk={spec.chunk} topk={spec.topk}")
+    codec, want = meta["codec"], spec.codec_meta
+    if codec != want or not all(type(v) is type(want[k]) for k, v in codec.items()):
+        settings = " ".join(f"{k}={v}" for k, v in want.items())
+        raise _Reject(f"codec settings {show(codec)} do not match the validator's {settings}")
+
+
+def _check_kind(codec: dict[str, Any], spec: ModelSpec) -> None:
+    """A file of the other codec is named as such (before the fingerprint, which topk changes)."""
+    kind = codec.get("kind")
+    if kind != spec.kind:
+        raise _Reject(f"the file is written with codec kind {show(kind, 40)} but this validator reads "
+                      f"{spec.kind!r} files (codec.kind); a peer must upload the network's codec")
 
 
 def _check_probe(probe: dict[str, Any], spec: ModelSpec) -> dict[str, list[float]]:
@@ -270,59 +283,3 @@ def _check_probe(probe: dict[str, Any], spec: ModelSpec) -> dict[str, list[float
             raise _Reject(f"sync probe for {name!r} must be two finite numbers, got {show(pair)}")
         out[name] = values
     return out
-
-
-def _check_entries(header: dict[str, Any], spec: ModelSpec) -> None:
-    """Names, dtypes and shapes from the header, before any tensor byte is read."""
-    names = set(header) - {"__metadata__"}
-    expected = {f"{n}.{part}" for n in spec.shapes for part in ("idx", "vals")}
-    unknown, missing = sorted(names - expected), sorted(expected - names)
-    if unknown:
-        raise _Reject(f"unknown tensor {show(unknown[0])} (not a parameter of the model)"
-                      + (f" and {len(unknown) - 1} more" if len(unknown) > 1 else ""))
-    if missing:
-        raise _Reject(f"missing tensor {missing[0]!r}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
-    for name, lay in spec.layouts.items():
-        for part, allowed in (("idx", IDX_DTYPES), ("vals", VALS_DTYPES)):
-            entry = header[f"{name}.{part}"]
-            if not isinstance(entry, dict):
-                raise _Reject(f"header entry of tensor '{name}.{part}' is not an object")
-            dtype, shape = entry.get("dtype"), entry.get("shape")
-            if dtype not in allowed:
-                raise _Reject(f"tensor '{name}.{part}' has dtype {show(dtype, 20)}; allowed: {', '.join(allowed)}")
-            want = [lay.n_chunks, lay.k]
-            if not isinstance(shape, list) or not all(is_int(d) for d in shape) or shape != want:
-                raise _Reject(f"tensor '{name}.{part}' has shape {show(shape)}; expected {want} "
-                              f"({lay.n_chunks} chunks of {lay.chunk_elems} elements, "
-                              f"k = min(topk {spec.topk}, {lay.chunk_elems}) = {lay.k})")
-
-
-def _check_tensors(name: str, idx: torch.Tensor, vals: torch.Tensor, lay: Layout) -> tuple[torch.Tensor, torch.Tensor]:
-    idx = idx.to(torch.int64)  # (C, k)
-    bad = (idx < 0) | (idx >= lay.chunk_elems)
-    if bool(bad.any()):
-        chunk, col = (int(v) for v in bad.nonzero()[0])
-        raise _Reject(f"tensor '{name}.idx': index {int(idx[chunk, col])} in chunk {chunk} is outside "
-                      f"[0, {lay.chunk_elems})" + _more(bad))
-    ordered = idx.sort(dim=1).values  # (C, k)
-    dup = ordered[:, 1:] == ordered[:, :-1]  # (C, k-1)
-    if bool(dup.any()):
-        chunk, col = (int(v) for v in dup.nonzero()[0])
-        raise _Reject(f"tensor '{name}.idx': index {int(ordered[chunk, col])} appears twice in chunk {chunk}"
-                      + _more(dup))
-    vals = vals.to(torch.float32)  # (C, k)
-    finite = torch.isfinite(vals)
-    if not bool(finite.all()):
-        n_nan, n_inf = int(vals.isnan().sum()), int(vals.isinf().sum())
-        raise _Reject(f"tensor '{name}.vals' holds {n_nan} NaN and {n_inf} Inf values", Reason.NON_FINITE)
-    big = vals.abs() > MAX_ABS_VALUE
-    if bool(big.any()):
-        chunk, col = (int(v) for v in big.nonzero()[0])
-        raise _Reject(f"tensor '{name}.vals': value {float(vals[chunk, col]):.3g} in chunk {chunk} is beyond "
-                      f"+-{MAX_ABS_VALUE:g}" + _more(big))
-    return idx, vals
-
-
-def _more(mask: torch.Tensor) -> str:
-    n = int(mask.sum())
-    return f" ({n} such entries in this tensor)" if n > 1 else ""

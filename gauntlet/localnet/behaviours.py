@@ -40,6 +40,7 @@ from gauntlet.config import GauntletConfig
 from gauntlet.data import Corpus, assign_pages
 from gauntlet.filter import probe_values
 from gauntlet.miner import MinedWindow, MinerState, mine_window, own_pages
+from gauntlet.payload import corrupt_parts
 from gauntlet.submission import META_KEY, ModelSpec, Submission, parse_submission, write_submission
 
 MALFORMED_KINDS = ("garbage", "nan", "wrong_window", "pickle", "index_out_of_range")
@@ -340,15 +341,10 @@ def corrupt(data: bytes, kind: str, spec: ModelSpec) -> bytes:
     header_len = int.from_bytes(data[:8], "little")
     meta = json.loads(json.loads(data[8:8 + header_len])["__metadata__"][META_KEY])
     tensors = safetensors.torch.load(data)
-    name = sorted(spec.shapes)[0]
-    if kind == "nan":
-        tensors[f"{name}.vals"][0, 0] = float("nan")
-    elif kind == "wrong_window":
+    if kind == "wrong_window":
         meta["window"] = meta["window"] + 1
-    elif kind == "index_out_of_range":
-        idx = tensors[f"{name}.idx"].to(torch.int32)
-        idx[0, 0] = spec.layouts[name].chunk_elems
-        tensors[f"{name}.idx"] = idx
+    elif kind in ("nan", "index_out_of_range"):
+        corrupt_parts(tensors, kind, spec.codec, spec.layouts)  # the codec's own tensors (gauntlet/payload.py)
     else:
         raise ValueError(f"unknown corruption {kind!r}; choose one of {', '.join(MALFORMED_KINDS[1:])}")
     return safetensors.torch.save(tensors, metadata={META_KEY: json.dumps(meta, sort_keys=True)})

@@ -37,7 +37,7 @@ from safetensors.torch import load_file, save_file
 
 from gauntlet.chain import LocalChain
 from gauntlet.clock import closed_window, first_block, global_step, put_window, window_of
-from gauntlet.codec import DCTCodec
+from gauntlet.codec import make_codec
 from gauntlet.data import Corpus, load_tokenizer
 from gauntlet.localnet.behaviours import Behaviour, Phase, WindowEnv, make_behaviour
 from gauntlet.localnet.hostile_endpoints import serve_endpoints, upload_bucket
@@ -119,7 +119,7 @@ class Miners:
         self.network = network
         self.tokenizer = load_tokenizer(cfg.data.tokenizer)
         self.corpus = Corpus(cfg.data.corpus)
-        self.codec = DCTCodec.from_config(cfg.codec)
+        self.codec = make_codec(cfg.codec)
         self.model = build_model(cfg.model.size, len(self.tokenizer), cfg.model.init_seed).eval()
         self.spec = model_spec(cfg, self.model, len(self.tokenizer))
         roster = {p.uid: p.behaviour for p in network.peers}

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from gauntlet.codec import DCTCodec
+from gauntlet.codec import Codec, make_codec
 from gauntlet.config import GauntletConfig
 from gauntlet.data import Corpus, load_tokenizer
 from gauntlet.model import build_model, model_fingerprint, param_shapes, resolve_device
@@ -30,8 +30,9 @@ from gauntlet.submission import ModelSpec
 
 def model_key(cfg: GauntletConfig) -> tuple:
     """The settings that decide the model, its tokenizer, device and file format."""
+    c = cfg.codec
     return (cfg.model.size, cfg.model.init_seed, str(Path(cfg.data.tokenizer).resolve()), cfg.scoring.device,
-            cfg.codec.chunk, cfg.codec.topk)
+            c.kind, c.chunk, c.topk, c.bins, c.range_sigmas, c.ef_decay)
 
 
 def checkpoint_path(workdir: str | Path, window: int) -> Path:
@@ -47,7 +48,7 @@ def archive_dir(cfg: GauntletConfig) -> Path:
 class ModelContext:
     key: tuple
     model: torch.nn.Module
-    codec: DCTCodec
+    codec: Codec
     tokenizer: object
     spec: ModelSpec
     device: torch.device
@@ -118,7 +119,7 @@ def build_context(cfg: GauntletConfig) -> ModelContext:
     device = resolve_device(cfg.scoring.device)
     model = build_model(cfg.model.size, len(tokenizer), cfg.model.init_seed).to(device)
     model.eval()
-    return ModelContext(key=model_key(cfg), model=model, codec=DCTCodec.from_config(cfg.codec), tokenizer=tokenizer,
+    return ModelContext(key=model_key(cfg), model=model, codec=make_codec(cfg.codec), tokenizer=tokenizer,
                         spec=model_spec(cfg, model, len(tokenizer)), device=device, init_seed=cfg.model.init_seed,
                         size=cfg.model.size)
 

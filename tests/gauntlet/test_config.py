@@ -24,6 +24,7 @@ PAPER = {
     ("codec", "topk"): 32,
     ("codec", "momentum"): 0.999,
     ("codec", "error_feedback_after"): 5,
+    ("codec", "kind"): "dct",
     ("filter", "put_window_s"): 10.0,
     ("filter", "sync_cap_steps"): 5.0,
     ("filter", "sync_exponent"): 2.5,
@@ -201,6 +202,8 @@ def test_config_imports_without_torch_or_prefect():
 # The reference as it last ran (one-covenant/templar v2.1.28, hparams.json and validator.py): the
 # values where `templar-2026` differs from the paper; everything else must equal the paper's.
 TEMPLAR_2026 = {
+    ("codec", "kind"): "sparseloco", ("codec", "topk"): 64, ("codec", "bins"): 4,
+    ("codec", "range_sigmas"): 6.0, ("codec", "ef_decay"): 0.95,
     ("scoring", "peers_per_window"): 20,
     ("uniqueness", "ban_windows"): 20,
     ("filter", "sync_cap_steps"): 3.0,

@@ -323,7 +323,7 @@ def test_extreme_finite_values_give_a_verdict_or_finite_aggregate_and_scores() -
         data = safetensors.torch.save(
             {f"{n}.{p}": t for n, (i, v) in grads.items() for p, t in (("idx", i.to(torch.int16)), ("vals", v))},
             metadata={"gauntlet": json.dumps({"format_version": 1, "window": WINDOW, "uid": uid, "fingerprint": FP,
-                                              "codec": {"chunk": 64, "topk": 32}, "probe": probe})})
+                                              "codec": {"kind": "dct", "chunk": 64, "topk": 32}, "probe": probe})})
         return parse_submission(data, window=WINDOW, uid=uid, spec=spec, max_bytes=2**26)
 
     refused = parse(huge, 2)

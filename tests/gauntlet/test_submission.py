@@ -48,7 +48,7 @@ def _tensors(seed: int = 0) -> dict[str, torch.Tensor]:
 
 def _meta(**changes: object) -> dict[str, object]:
     meta: dict[str, object] = {"format_version": 1, "window": WINDOW, "uid": UID, "fingerprint": FP,
-                               "codec": {"chunk": 64, "topk": 32}, "probe": dict(PROBE)}
+                               "codec": {"kind": "dct", "chunk": 64, "topk": 32}, "probe": dict(PROBE)}
     meta.update(changes)
     return meta
 
@@ -298,10 +298,18 @@ def test_wrong_fingerprint() -> None:
     _rejected(_file(meta=_meta(fingerprint="other-model")), "fingerprint 'other-model' does not match")
 
 
-@pytest.mark.parametrize("codec", [{"chunk": 32, "topk": 32}, {"chunk": 64, "topk": 16},
-                                   {"chunk": 64}, {"chunk": 64, "topk": 32, "x": 1}, {"chunk": 64.0, "topk": 32}])
+@pytest.mark.parametrize("codec", [{"chunk": 32, "topk": 32}, {"chunk": 64, "topk": 16}, {"chunk": 64},
+                                   {"chunk": 64, "topk": 32, "x": 1}, {"chunk": 64.0, "topk": 32},
+                                   {"chunk": 64, "topk": True}, {"chunk": 64, "topk": 32, "bins": 4}])
 def test_wrong_codec_settings(codec: dict) -> None:
-    _rejected(_file(meta=_meta(codec=codec)), "do not match the validator's chunk=64 topk=32")
+    _rejected(_file(meta=_meta(codec={"kind": "dct", **codec})),
+              "do not match the validator's kind=dct chunk=64 topk=32")
+
+
+@pytest.mark.parametrize("kind", [None, "sparseloco", "DCT", ["dct"]])
+def test_a_file_of_another_codec_kind_is_named_as_such(kind: object) -> None:
+    codec = {"chunk": 64, "topk": 32} if kind is None else {"kind": kind, "chunk": 64, "topk": 32}
+    _rejected(_file(meta=_meta(codec=codec)), "but this validator reads 'dct' files (codec.kind)")
 
 
 def test_missing_probe() -> None:
@@ -461,10 +469,10 @@ def test_an_unforeseen_parser_error_is_a_validator_fault_not_an_exception(monkey
     def broken(*args: object) -> None:
         raise RuntimeError("a bug\nin the checks")
 
-    monkeypatch.setattr(submission, "_check_tensors", broken)
+    monkeypatch.setattr(submission, "read_pair", broken)
     out = _parse(write_submission(WINDOW, UID, FP, CODEC, _grads(), PROBE))
-    assert isinstance(out, Verdict) and out.reason is Reason.VALIDATOR_FAULT and out.blame == "validator"
-    assert out.detail == "the parser failed unexpectedly: RuntimeError: a bug\\nin the checks"
+    assert isinstance(out, Verdict) and out.reason is Reason.INTERNAL_ERROR and out.blame == "validator"
+    assert out.detail.startswith("internal error in filter (RuntimeError)")
 
 
 def test_extreme_values_at_the_bound_pass_and_beyond_it_are_refused() -> None:
