@@ -3,7 +3,8 @@
 Each `benchmarks/bench_<name>.py` measures ratios within one run (so a noisy machine's drift
 cancels), names its output file in its module-level `RESULTS` and writes `<name>.json` there.
 This runner points `RESULTS` at its output folder and, when every benchmark ran, writes
-RESULTS.md beside them.
+RESULTS.md beside them and the headline figures, flat, to `results.json` (`benchmarks/results.json`
+for the tracked run); `--collect` rebuilds both from the JSON files already there.
 
 The output folder is `benchmarks/.work/results/` (git-ignored) unless `--write-results` is given:
 a run on someone's laptop must not dirty the tracked `benchmarks/results/`, which holds the
@@ -48,6 +49,42 @@ def _markdown(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+CONTEXT_KEYS = frozenset({"window", "windows", "uid", "seconds", "runs", "repeats", "peers", "threads", "cpus",
+                          "cpu_count", "tensors", "parameters", "evaluated_peers"})
+"""Top-level numbers that describe a benchmark's set-up, not a result (kept in its own JSON)."""
+
+
+def flat(results: dict[str, dict]) -> dict[str, object]:
+    """The headline figures: every top-level result (number, flag or null) of every benchmark, one
+    flat mapping (`benchmarks/results.json`); a key two benchmarks share keeps the later one's."""
+    out: dict[str, object] = {}
+    for figures in results.values():
+        out.update({k: v for k, v in figures.items()
+                    if k not in CONTEXT_KEYS and (v is None or isinstance(v, (bool, int, float)))})
+    return out
+
+
+def _headline(figures: dict[str, object]) -> list[str]:
+    lines = ["## Headline figures (`results.json`)", "", "| key | value |", "|---|---|"]
+    lines += [f"| `{k}` | {v if not isinstance(v, float) else f'{v:.4g}'} |" for k, v in sorted(figures.items())]
+    return lines + [""]
+
+
+def write_summary(out: Path, results: dict[str, dict]) -> Path:
+    """results.json (flat) beside the results folder's RESULTS.md, which opens with the same table."""
+    figures = flat(results)
+    target = (out.parent if out == TRACKED else out) / "results.json"
+    target.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
+    md = _markdown(results).split("\n")
+    (out / "RESULTS.md").write_text("\n".join(md[:5] + _headline(figures) + md[5:]))
+    return target
+
+
+def collect(out: Path) -> dict[str, dict]:
+    """The figures already in `out` (one JSON per benchmark), for a summary without a rerun."""
+    return {p.stem: json.loads(p.read_text()) for p in sorted(out.glob("*.json"))}
+
+
 def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", metavar="NAME", help="benchmarks to run (default: all)")
@@ -56,6 +93,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
                        help=f"update the tracked {TRACKED.relative_to(HERE.parent)}/ (default: "
                             f"{SCRATCH.relative_to(HERE.parent)}/, git-ignored)")
     where.add_argument("--out", type=Path, help="write the results to this folder instead")
+    parser.add_argument("--collect", action="store_true",
+                        help="run nothing: rebuild results.json and RESULTS.md from the JSON files already there")
     return parser.parse_args(argv)
 
 
@@ -64,6 +103,9 @@ def main(argv: list[str]) -> int:
     out = TRACKED if args.write_results else (args.out or SCRATCH)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
+    if args.collect:
+        print(f"summary in {write_summary(out, collect(out))}")
+        return 0
     results = {}
     for name in _names(args.names):
         print(f"== {name}", flush=True)
@@ -73,7 +115,7 @@ def main(argv: list[str]) -> int:
         module.RESULTS = out / f"{name}.json"
         results[name] = module.main()
     if not args.names:
-        (out / "RESULTS.md").write_text(_markdown(results))
+        write_summary(out, results)
     print(f"results in {out}")
     return 0
 
