@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: venv test demo bench clean data ui
+.PHONY: venv test demo bench clean data ui readme-check
 
 venv: $(STAMP)
 
@@ -31,6 +31,12 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
 demo: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/gauntlet demo
+
+# Every `gauntlet` command of the README, run as written against the demo's network (made first
+# if there is none); prints what it skipped and why. CI runs it after `make test`.
+readme-check: $(STAMP)
+	test -f data/localnet/manifest.json || $(MAKE) demo
+	OMP_NUM_THREADS=1 $(BIN)/python -m tests.readme_check
 
 ui: $(STAMP)
 	$(BIN)/prefect server start --host 127.0.0.1 --port 4200

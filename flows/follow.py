@@ -2,18 +2,46 @@
 
 The next window to validate comes from the audit tables (the newest validated window + 1), so a
 restarted validator resumes where it stopped and never validates a window twice unless asked.
+
+A run that finds nothing new must be cheap: a scheduled deployment starts one every interval
+for months. So this module imports only the config, the chain and the audit store; the window
+flow (torch, the model, Dask) is imported the first time there is a window to validate.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.concurrency.sync import concurrency
 
 from gauntlet.audit.store import AuditStore
-from gauntlet.chain import open_chain
+from gauntlet.chain import Chain, open_chain
 from gauntlet.clock import closed_window
-from flows.validate import resolve_config, with_task_runner
+from gauntlet.config import GauntletConfig, load_config
+from gauntlet.retention import prune
+from gauntlet.status import collect, render
+from tasks.secrets import secrets_to_env
+
+WINDOW_LOCK = "gauntlet-validate-window"
+"""Global concurrency limit (one slot) held while a window is validated. Deployment limits
+only stop runs of the same deployment overlapping; this one also keeps `follow-chain/validator`
+and `follow-chain/scheduled` from validating the same window at once (`deployments.limits`
+creates it; without it, as in tests on a bare API, the lock is skipped with a warning)."""
+LOCK_LEASE_S = 600.0
+"""Lease of the slot, renewed while the window runs; a crashed holder frees it after this."""
+
+
+def light_config(config: str | None, network: str | None, overrides: list[str] | None) -> GauntletConfig:
+    """The settings the idle check needs (chain, audit root, scale-out), from the same sources
+    as `flows.validate.resolve_config` but without resolving the wallet's hotkey, which imports
+    the validator's torch-heavy modules."""
+    path = Path(network) / "config.toml" if network else (Path(config) if config else None)
+    return load_config(path, overrides=overrides or ())
 
 
 def next_window(store: AuditStore, ready: int, start_window: int, catch_up: int) -> int:
@@ -24,21 +52,68 @@ def next_window(store: AuditStore, ready: int, start_window: int, catch_up: int)
     return max(start_window, ready - catch_up)
 
 
+@contextmanager
+def window_lock() -> Iterator[None]:
+    """Hold the one validation slot: a second trigger waits here, then finds the window done."""
+    with concurrency(WINDOW_LOCK, occupy=1, lease_duration=LOCK_LEASE_S, strict=False):
+        yield
+
+
+def validate_one(cfg: GauntletConfig, chain: Chain, window: int, config: str | None, network: str | None,
+                 overrides: list[str] | None) -> bool:
+    """Validate `window` under the lock; False if another run validated it while this one waited."""
+    with window_lock():
+        if AuditStore(cfg.audit.root).has_window(window):
+            return False
+        from flows.validate import with_task_runner  # torch and the model: only now that there is work
+
+        with_task_runner(cfg)(window=window, config=config, network=network, overrides=overrides)
+    apply_retention(cfg, window + 1)
+    publish_status(cfg, chain, window)
+    return True
+
+
+def publish_status(cfg: GauntletConfig, chain: Chain, window: int) -> None:
+    """`gauntlet status` as the `validator-status` artifact, so the UI shows it after each window."""
+    status = collect(cfg, chain, AuditStore(cfg.audit.root))
+    create_markdown_artifact(key="validator-status", markdown="```\n" + render(status) + "\n```",
+                             description=f"Validator status after window {window}")
+
+
+def apply_retention(cfg: GauntletConfig, next_window: int) -> None:
+    """Prune old checkpoints and archives (`retention.*`); a refusal is logged, never fails the
+    window that was just validated."""
+    log = get_run_logger()
+    try:
+        pruned = prune(cfg.validator.workdir, cfg.retention.keep_checkpoints, cfg.retention.keep_archive_windows,
+                       next_window)
+    except FileNotFoundError as exc:
+        log.warning("retention skipped: %s", exc)
+        return
+    if pruned.checkpoints or pruned.archives:
+        log.info("retention: deleted checkpoints of windows %s and archives of windows %s (%.1f MB)",
+                 pruned.checkpoints, pruned.archives, pruned.bytes_freed / 1e6)
+
+
 @flow(name="follow-chain", log_prints=True)
 def follow_chain(config: str | None = None, network: str | None = None, poll_s: float = 6.0,
                  max_windows: int | None = None, catch_up: int = 0, idle_timeout_s: float | None = None,
                  overrides: list[str] | None = None) -> list[int]:
     """Validate windows as the chain closes them; stop after `max_windows` or `idle_timeout_s`."""
-    cfg = resolve_config(config, network, overrides)
-    chain, store, log = open_chain(cfg.chain), AuditStore(cfg.audit.root), get_run_logger()
+    log = get_run_logger()
+    filled = secrets_to_env()
+    if filled:
+        log.info("settings from Secret blocks: %s", ", ".join(filled))
+    cfg = light_config(config, network, overrides)
+    chain, store = open_chain(cfg.chain), AuditStore(cfg.audit.root)
     done: list[int] = []
     idle_since = time.monotonic()
     while max_windows is None or len(done) < max_windows:
         ready = closed_window(chain.block(), cfg.chain)
         window = None if ready is None else next_window(store, ready, cfg.chain.start_window, catch_up)
         if window is not None and window <= ready:
-            with_task_runner(cfg)(window=window, config=config, network=network, overrides=overrides)
-            done.append(window)
+            if validate_one(cfg, chain, window, config, network, overrides):
+                done.append(window)
             idle_since = time.monotonic()
             continue
         if idle_timeout_s is not None and time.monotonic() - idle_since > idle_timeout_s:

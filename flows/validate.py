@@ -7,6 +7,7 @@ shows restore, plan, fetch, filter, evaluate, rate, step, weights, publish and a
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -16,7 +17,7 @@ from prefect_dask import DaskTaskRunner
 from gauntlet.config import GauntletConfig, load_config
 from gauntlet.identity import with_identity
 from gauntlet.window.pipeline import already_validated, validate_window as run_window
-from tasks import report
+from tasks import events, report
 from tasks.window import PrefectStages
 
 
@@ -46,6 +47,10 @@ def validate_window(window: int, config: str | None = None, network: str | None 
     stages = PrefectStages(window, parallel=_runs_in_parallel(), gpu=cfg.scaleout.gpu_resource)
     result = run_window(stages, cfg, window, rerun=rerun, force_weights=force_weights)
     report.window_artifacts(window, result)
+    answer = None if result.weights is None else asdict(result.weights)
+    events.emit_window_events(window, [v.row() for v in result.rated.verdicts.values()], result.rated.weights,
+                              answer, {u: f.action for u, f in result.filtered.copies.items()},
+                              list(result.stepped.gather), cfg.validator.hotkey)
     return {"window": window, "skipped": False, "weights": result.rated.weights, "gather": list(result.stepped.gather)}
 
 

@@ -42,8 +42,9 @@ class _Section(BaseModel):
 class ChainConfig(_Section):
     network: str = "local"
     """`local` (the file ledger), or a bittensor network: `finney`, `test`, or a `ws://` URL."""
-    netuid: int = Field(3, ge=0)
-    """The subnet's uid on the chain (Templar: 3)."""
+    netuid: int | None = Field(None, ge=0)
+    """The subnet. No default on a bittensor network (a wrong one sets weights on someone else's
+    subnet): `open_chain` refuses to connect until the operator sets it. Unset on the local ledger means 3."""
     blocks_per_window: int = Field(8, ge=1)
     """Paper: 8 blocks of 12 s, about 96 s a window."""
     block_time_s: float = Field(12.0, gt=0)
@@ -254,6 +255,13 @@ class AuditConfig(_Section):
     """Folder of the audit tables (`<table>/window_id=<W>/part-0.parquet`)."""
 
 
+class RetentionConfig(_Section):
+    keep_checkpoints: int = Field(0, ge=0)
+    """Newest checkpoints kept in `validator.workdir/checkpoints` (0 = all); the audit tables keep their hashes."""
+    keep_archive_windows: int = Field(0, ge=0)
+    """Newest windows of fetched peer files kept in `validator.workdir/archive` (0 = all); older windows cannot be replayed."""
+
+
 class ScaleoutConfig(_Section):
     dask_address: str = ""
     """Empty: score on this machine; `tcp://host:8786`: an existing Dask scheduler (prefect-dask)."""
@@ -268,6 +276,8 @@ class ValidatorConfig(_Section):
     """The validator's hotkey (ss58 address on a bittensor chain; a name on the local ledger)."""
     publish_checkpoint_every: int = Field(1, ge=0)
     """Publish theta_{W+1} (and the state after W) for joining validators and miners every N windows; 0 = never."""
+    max_lag_windows: int = Field(3, ge=0)
+    """`gauntlet status` exits non-zero (a failing health check) when more windows than this are ready but not validated."""
 
 
 class RulesConfig(_Section):
@@ -360,6 +370,7 @@ class GauntletConfig(_Section):
     validator: ValidatorConfig = ValidatorConfig()
     scaleout: ScaleoutConfig = ScaleoutConfig()
     rules: RulesConfig = RulesConfig()
+    retention: RetentionConfig = RetentionConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> GauntletConfig:
@@ -513,7 +524,8 @@ def with_overrides(config: GauntletConfig, overrides: Iterable[str] | Mapping[st
     return _build([InitSettingsSource(_Layered, values), InitSettingsSource(_Layered, base)])
 
 
-SETTING_SECTIONS = frozenset({"chain", "data", "model", "codec", "storage", "audit", "validator", "scaleout"})
+SETTING_SECTIONS = frozenset({"chain", "data", "model", "codec", "storage", "audit", "validator", "scaleout",
+                              "retention"})
 """Sections that describe where and on what a validator runs, not how it judges: a change of
 preset for a what-if leaves them as they were (the recorded files, model and paths stay valid)."""
 

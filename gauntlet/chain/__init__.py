@@ -18,7 +18,7 @@ from gauntlet.chain.base import (
     to_u16,
 )
 from gauntlet.chain.local import LocalChain, WeightsRecord
-from gauntlet.config import ChainConfig
+from gauntlet.config import ChainConfig, ConfigError
 
 __all__ = [
     "MAX_COMMITMENT_BYTES", "Chain", "ChainError", "LocalChain", "Neuron", "WeightsRecord",
@@ -32,6 +32,9 @@ def open_chain(cfg: ChainConfig, *, substrate: Any = None) -> Chain:
     if cfg.network == "local":
         return LocalChain(cfg.ledger, netuid=cfg.netuid, blocks_per_window=cfg.blocks_per_window,
                           block_time_s=cfg.block_time_s)
+    if cfg.netuid is None:
+        raise ConfigError(f"chain.netuid is not set for network {cfg.network!r}: set it to your subnet's netuid "
+                          "(in the config file, GAUNTLET_CHAIN__NETUID=N or --set chain.netuid=N)")
     from gauntlet.chain.bittensor import BittensorChain
 
     return BittensorChain(cfg.network, cfg.netuid, cfg.wallet_name, cfg.wallet_hotkey, cfg.wallet_path,
