@@ -20,7 +20,7 @@ from gauntlet.chain import open_chain
 from gauntlet.config import GauntletConfig
 from gauntlet.peer_read import read_peer_object
 from gauntlet.state import joined_path, state_from_snapshot
-from gauntlet.storage import Bucket, BucketSpec, atomic_write
+from gauntlet.storage import Bucket, BucketSpec, StorageError, atomic_write
 from gauntlet.window.context import checkpoint_path, context_for
 from gauntlet.window.fetch import endpoint_policy
 from gauntlet.window.publish import aggregated_key, checkpoint_key, state_key
@@ -78,7 +78,7 @@ def join(cfg: GauntletConfig, window: int, source_hotkey: str) -> Joined:
         data = read(checkpoint_key(window), checkpoint_cap(cfg))
         raw_state = read(state_key(window), MAX_RECORD_BYTES)
         state = state_from_snapshot(json.loads(raw_state))
-    except (OSError, ValueError, KeyError) as exc:
+    except (StorageError, OSError, ValueError, KeyError) as exc:
         raise JoinError(f"validator {source_hotkey} has not published window {window} in full: {exc}") from exc
     digest = hashlib.sha256(data).hexdigest()
     if digest != record.get("checkpoint_after"):
