@@ -53,15 +53,17 @@ def networks(validated_network, tmp_path_factory):
     base = tmp_path_factory.mktemp("kill")
     net = copy_network(validated_network[0], base / "killed", validated=False)
     calm = copy_network(validated_network[0], base / "calm", validated=False)
-    for copy in (net, calm):  # a block after the original validator's last weights: a new send is visible
-        copy.chain.produce_blocks(1)
+    for copy in (net, calm):  # past the rate limit of the original validator's last weights
+        copy.chain.produce_blocks(copy.chain.weights_rate_limit + 1)
+    hotkey = calm.config.validator.hotkey
+    before = len(calm.chain.weights_history(hotkey=hotkey))
     for window in (0, 1):
         validate_window(Direct(), calm.config, window)
-    return net, calm
+    return net, calm, len(calm.chain.weights_history(hotkey=hotkey)) - before
 
 
 def test_killed_mid_window_redoes_it_with_no_row_lost_or_doubled(networks):
-    net, calm = networks
+    net, calm, calm_sent = networks
     cfg, work = net.config, Path(net.config.validator.workdir)
     before = len(net.chain.weights_history(hotkey=cfg.validator.hotkey))  # the copied ledger's history
     killed_at = [_kill_when(_start(net.folder, 0), work / "archive" / f"{0:08d}"),
@@ -80,4 +82,4 @@ def test_killed_mid_window_redoes_it_with_no_row_lost_or_doubled(networks):
         ours, theirs = (s.read("weights", window_id=window).select("uid", "weight") for s in (store, reference))
         assert ours.equals(theirs)
     sent = len(net.chain.weights_history(hotkey=cfg.validator.hotkey)) - before
-    assert sent == 2, f"weights were sent {sent} times for 2 windows"
+    assert sent == calm_sent >= 1, f"weights landed {sent} times, {calm_sent} without the kills"
