@@ -51,6 +51,8 @@ CORE: tuple[Command, ...] = (
             "gauntlet.commands:register"),
     Command("status", "is the validator healthy and caught up? (exit 1 when behind: a health check)",
             "gauntlet.commands:register_status"),
+    Command("join", "start at window W of a running network from a trusted validator's published checkpoint",
+            "gauntlet.commands:register_join"),
 )
 """The core's commands, in the order `gauntlet --help` lists them."""
 

@@ -18,6 +18,9 @@ HELP = "recompute recorded windows from their stored inputs (what-if with --set)
 STATUS_HELP = "is the validator healthy and caught up? (exit 1 when behind: a health check)"
 
 
+JOIN_HELP = "start at window W of a running network from a trusted validator's published checkpoint"
+
+
 def _fail(message: str, command: str = "replay") -> int:
     print(f"gauntlet {command}: {message}", file=sys.stderr)
     return 2
@@ -112,3 +115,37 @@ def register_status(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--last", type=int, default=10, help="recent windows to summarise (default: %(default)s)")
     p.set_defaults(func=_status)
+
+
+def _join(args: argparse.Namespace) -> int:
+    path = Path(args.config) if args.config else Path(args.network) / "config.toml"
+    if not path.is_file():
+        return _fail(f"config file {path} does not exist; give --config FILE or --network FOLDER", "join")
+    from gauntlet.config import load_config
+    from gauntlet.identity import with_identity
+    from gauntlet.join import JoinError, join
+
+    try:
+        got = join(with_identity(load_config(path, overrides=args.set or ())), args.window, args.source)
+    except JoinError as exc:
+        return _fail(str(exc), "join")
+    print(f"joined at window {got.window} from {got.source}: checkpoint {got.checkpoint} "
+          f"(sha256 {got.checkpoint_hash[:12]}, checked), state of {got.peers} peers; "
+          f"next: gauntlet follow --catch-up 0 with the same config")
+    return 0
+
+
+def register_join(sub: argparse._SubParsersAction) -> None:
+    """Add `gauntlet join`."""
+    p = sub.add_parser("join", help=JOIN_HELP, description=(
+        "Start a validator at window W of a running network: fetch the checkpoint theta_W and the state W "
+        "starts from, as published by a validator you trust, check the checkpoint's hash against its "
+        "published record, and keep both in this validator's workdir."))
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--config", help="this validator's TOML config file")
+    source.add_argument("--network", default="data/localnet", help="a local network folder (default: %(default)s)")
+    p.add_argument("--window", type=int, required=True, help="the first window this validator will validate")
+    p.add_argument("--from", dest="source", required=True, metavar="HOTKEY",
+                   help="hotkey of the validator to take the checkpoint and state from")
+    p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override a setting (repeatable)")
+    p.set_defaults(func=_join)

@@ -289,6 +289,8 @@ class ValidatorConfig(_Section):
     """Checkpoints (`checkpoints/<W>.safetensors`) and the archive of fetched files (`archive/<W>/`)."""
     hotkey: str = "validator"
     """The validator's hotkey (ss58 address on a bittensor chain; a name on the local ledger)."""
+    publish_checkpoint_every: int = Field(1, ge=0)
+    """Publish theta_{W+1} (and the state after W) for joining validators and miners every N windows; 0 = never."""
     max_lag_windows: int = Field(3, ge=0)
     """`gauntlet status` exits non-zero (a failing health check) when more windows than this are ready but not validated."""
 

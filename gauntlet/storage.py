@@ -284,10 +284,15 @@ class Bucket:
             raise ObjectMissing(f"{where}: no such object")
         if info.size > max_bytes:
             raise ObjectTooLarge(f"{where}: {info.size} bytes > cap {max_bytes}", info.size, max_bytes)
-        with self._translate("get", key):  # at most cap + 1 bytes: a swap after stat cannot blow the cap
-            data = self._call(deadline - time.monotonic(), "cat_file", self._path(key), start=0, end=max_bytes + 1)
+        # at most the stated size + 1 bytes (never a buffer of the whole cap): a swap after stat
+        # cannot blow the cap, and an object that grew between stat and read is caught
+        end = min(max_bytes, info.size) + 1
+        with self._translate("get", key):
+            data = self._call(deadline - time.monotonic(), "cat_file", self._path(key), start=0, end=end)
         if len(data) > max_bytes:
             raise ObjectTooLarge(f"{where}: grew past cap {max_bytes} while read", len(data), max_bytes)
+        if len(data) > info.size:
+            raise StorageError(f"{where}: the object changed while it was read")
         return info, data
 
     def put(self, key: str, data: bytes, timeout_s: float = 300.0) -> None:

@@ -51,3 +51,43 @@ def tiny_config(prepared_data: tuple[Path, Path]):
     corpus, tokenizer = prepared_data
     return load_config(ROOT / "deployments" / "local.toml",
                        overrides={"data": {"corpus": str(corpus), "tokenizer": str(tokenizer)}})
+
+
+SHARED_ROSTER = ["honest"] * 4 + ["late", "copycat", "malformed", "honest"]
+
+
+@pytest.fixture(scope="session")
+def validated_network(tmp_path_factory: pytest.TempPathFactory, prepared_data: tuple[Path, Path]):
+    """One local network for the tests that need real windows (8 peers of SHARED_ROSTER, 5 windows
+    mined, windows 0-3 validated by the direct pipeline after each window): (network, state after
+    window 3 as carried in memory). Tests that change it copy it first (`copy_network`)."""
+    from gauntlet.localnet.network import init_network
+    from gauntlet.localnet.simulate import run_network
+    from gauntlet.ratings import ValidatorState
+    from gauntlet.window.pipeline import Direct, validate_window
+
+    corpus, tokenizer = prepared_data
+    net = init_network(tmp_path_factory.mktemp("shared-net") / "net", behaviours=SHARED_ROSTER, corpus=corpus,
+                       tokenizer=tokenizer, force=True, overrides=["filter.put_window_s=1.0"])
+    state = [ValidatorState()]
+
+    def validate(window: int) -> None:
+        state[0] = validate_window(Direct(), net.config, window, state=state[0]).state
+
+    run_network(net, 5, validate)
+    return net, state[0]
+
+
+def copy_network(net, folder: Path, *, validated: bool = True):
+    """A copy of a network folder with its own ledger, audit root and workdir (the buckets are
+    copied too). `validated=False` leaves out the validator's tables and workdir: the windows are
+    mined but not validated (the ledger still holds the weights set before)."""
+    import shutil
+
+    from gauntlet.localnet.network import load_network
+
+    ignore = None if validated else shutil.ignore_patterns("audit", "validator")
+    shutil.copytree(net.folder, folder, symlinks=True, ignore=ignore)
+    config = folder / "config.toml"
+    config.write_text(config.read_text().replace(str(net.folder), str(folder)))
+    return load_network(folder)

@@ -9,7 +9,8 @@ evaluate  each chosen peer's loss score and own-data indicator             -> Ev
 rate      OpenSkill match, penalties, final scores, weights, gather list   -> Rated
 step      the gather set's updates aggregated: theta_{W+1}                 -> Stepped
 weights   weights set on chain when due (at most once per window)          -> WeightsResult | None
-publish   the gather schedule written for the miners                       -> Published
+publish   the gather schedule, what was aggregated (uids, file hashes) and,
+          every few windows, theta_{W+1} with its state, for miners and joiners -> Published
 audit     one immutable Parquet file per table
 ```
 
@@ -131,7 +132,7 @@ def validate_window(run: Direct, cfg: GauntletConfig, window: int, *, state: Val
     fetched = run("fetch", cfg, plan)
     result = compute(run, cfg, plan, fetched, state)
     weights = run("weights", cfg, window, result.rated, force_weights, rerun)
-    published = run("publish", cfg, window, result.rated, rerun)
+    published = run("publish", cfg, window, result.rated, result.stepped, result.fetched, rerun)
     result = WindowResult(**{**result.__dict__, "weights": weights, "published": published})
     run("audit", cfg, result, dict(run.seconds), rerun)
     return result

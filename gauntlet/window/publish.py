@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import polars as pl
@@ -23,7 +23,11 @@ from gauntlet.config import GauntletConfig
 from gauntlet.ratings import ValidatorState
 from gauntlet.storage import Bucket, BucketSpec, atomic_write
 from gauntlet.weights import due_on_chain
+from gauntlet.state import state_snapshot
+from gauntlet.window.context import checkpoint_path
+from gauntlet.window.fetch import Fetched
 from gauntlet.window.rate import Rated
+from gauntlet.window.step import Stepped
 
 GATHER_KEY = "gauntlet/v1/gather.json"
 
@@ -123,20 +127,58 @@ class Published:
     detail: str
 
 
-def publish_gather(chain: Chain, hotkey: str, state: ValidatorState) -> Published:
-    """Write the gather schedule to the validator's own committed bucket, for the peers."""
+def aggregated_key(window: int) -> str:
+    """What the validator aggregated in window W: uids, their files' hashes, theta_{W+1}'s hash."""
+    return f"gauntlet/v1/aggregated/{window:08d}.json"
+
+
+def checkpoint_key(window: int) -> str:
+    """theta_W, as published for joining validators and miners."""
+    return f"gauntlet/v1/checkpoints/{window:08d}.safetensors"
+
+
+def state_key(window: int) -> str:
+    """The validator's state after window W - 1 (what window W starts from), as JSON."""
+    return f"gauntlet/v1/state/{window:08d}.json"
+
+
+def own_bucket(chain: Chain, hotkey: str) -> Bucket | None:
     own = [n.uid for n in chain.metagraph() if n.hotkey == hotkey]
     commitment = chain.commitments().get(own[0]) if own else None
-    if commitment is None:
-        return Published(False, "the validator has no bucket committed on chain; nothing published")
-    payload = {"schedule": [[e, list(u)] for e, u in state.gather_schedule], "window": state.last_window}
-    Bucket.from_spec(BucketSpec.from_commitment(commitment)).put(GATHER_KEY, json.dumps(payload).encode())
-    return Published(True, f"gather schedule written to {GATHER_KEY}")
+    return None if commitment is None else Bucket.from_spec(BucketSpec.from_commitment(commitment))
 
 
-def publish(cfg: GauntletConfig, window: int, rated: Rated, rerun: bool = False) -> Published:
+def _aggregated(window: int, stepped: Stepped, fetched: Fetched) -> dict:
+    hashes = {r.uid: r.content_hash for r in fetched.records}
+    return {"window": window, "uids": list(stepped.gather), "hashes": {str(u): hashes[u] for u in stepped.gather},
+            "checkpoint_after": stepped.checkpoint_after}
+
+
+def publish_window(cfg: GauntletConfig, bucket: Bucket, window: int, state: ValidatorState, stepped: Stepped,
+                   fetched: Fetched) -> list[str]:
+    """The gather schedule, what was aggregated, and every `publish_checkpoint_every` windows the
+    checkpoint theta_{W+1} with the state it starts from: one truth for miners and joiners."""
+    bucket.put(GATHER_KEY, json.dumps({"schedule": [[e, list(u)] for e, u in state.gather_schedule],
+                                       "window": state.last_window}).encode())
+    bucket.put(aggregated_key(window), json.dumps(_aggregated(window, stepped, fetched)).encode())
+    keys = [GATHER_KEY, aggregated_key(window)]
+    every = cfg.validator.publish_checkpoint_every
+    if every and (window + 1) % every == 0:
+        bucket.put(checkpoint_key(window + 1), checkpoint_path(cfg.validator.workdir, window + 1).read_bytes())
+        bucket.put(state_key(window + 1), json.dumps(state_snapshot(state)).encode())
+        keys += [checkpoint_key(window + 1), state_key(window + 1)]
+    return keys
+
+
+def publish(cfg: GauntletConfig, window: int, rated: Rated, stepped: Stepped, fetched: Fetched,
+            rerun: bool = False) -> Published:
     """Stage "publish". A rerun of an old window publishes nothing: it would replace the newer
     schedule that the miners follow now."""
     if rerun:
         return Published(False, "rerun: the schedule in force was left as it is")
-    return publish_gather(open_chain(cfg.chain), cfg.validator.hotkey, rated.state)
+    chain = open_chain(cfg.chain)
+    bucket = own_bucket(chain, cfg.validator.hotkey)
+    if bucket is None:
+        return Published(False, "the validator has no bucket committed on chain; nothing published")
+    state = replace(rated.state, sync_ema=stepped.sync_ema)
+    return Published(True, "wrote " + ", ".join(publish_window(cfg, bucket, window, state, stepped, fetched)))

@@ -7,31 +7,17 @@ import pytest
 
 from flows.cli import main as gauntlet
 from gauntlet.audit.store import AuditStore
-from gauntlet.localnet.network import init_network
-from gauntlet.localnet.simulate import run_network
 from gauntlet.replay import replay_range, replay_window
 from gauntlet.state import restore_state
-from gauntlet.window.pipeline import Direct, validate_window
 
 pytestmark = pytest.mark.slow
-ROSTER = ["honest"] * 4 + ["late", "copycat", "malformed", "honest"]
 
 
 @pytest.fixture(scope="module")
-def network(tmp_path_factory, prepared_data):
-    """8 peers, 5 windows of miners; the direct validator validates 0-3, its state kept in memory."""
-    corpus, tokenizer = prepared_data
-    net = init_network(tmp_path_factory.mktemp("net"), behaviours=ROSTER, corpus=corpus, tokenizer=tokenizer,
-                       force=True, overrides=["filter.put_window_s=1.0"])
-    cfg = net.config
-    store = AuditStore(cfg.audit.root)
-    state = [restore_state(store)]
-
-    def validate(window: int) -> None:
-        state[0] = validate_window(Direct(), cfg, window, state=state[0]).state
-
-    run_network(net, 5, validate)
-    return net, store, state[0]
+def network(validated_network):
+    """The session's shared network (tests/conftest.py): 8 peers, 5 windows, 0-3 validated."""
+    net, state = validated_network
+    return net, AuditStore(net.config.audit.root), state
 
 
 def test_restarted_validator_has_the_same_state(network):
