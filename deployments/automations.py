@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = light_config(args.config, args.network, None)
     notify = notification_block(args.notify) if args.notify else None
-    limits = ensure_limits()
+    limits = ensure_limits(cfg=cfg)
     ids = apply(definitions(cfg, args.missing_after_windows, notify))
     print(f"concurrency limits: {limits}; automations: {', '.join(map(str, ids))}")
     return 0

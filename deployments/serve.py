@@ -60,9 +60,11 @@ def deployments(config: str | None = None, network: str | None = None) -> list:
 
 
 def serve_all(config: str | None = None, network: str | None = None) -> None:
-    """Create the window lock and the alerts (both idempotent), then serve until stopped."""
-    ensure_limits()
-    apply(definitions(resolve_config(config, network)))
+    """Create the window lock, the bucket-read rate limit and the alerts (all idempotent), then
+    serve until stopped."""
+    cfg = resolve_config(config, network)
+    ensure_limits(cfg=cfg)
+    apply(definitions(cfg))
     serve(*deployments(config, network))
 
 

@@ -263,6 +263,10 @@ class StorageConfig(_Section):
     """Also trusted for time, but only under the allow_private policy (the local network's moto)."""
     fetch_retries: int = Field(2, ge=0, le=5)
     """Retries of a 429/5xx/SlowDown or dropped answer, with back-off, inside filter.fetch_timeout_s."""
+    reads_per_second: float = Field(0.0, ge=0)
+    """Peers' files read per second by every flow run sharing one Prefect server (the global rate
+    limit `gauntlet-bucket-reads`, created by `deployments.limits`), so providers see one steady
+    client however many windows run; 0 = unlimited. Direct runs (replays, benchmarks) ignore it."""
 
 
 class AuditConfig(_Section):

@@ -19,6 +19,7 @@ from prefect.cache_policies import NONE
 
 from gauntlet.clock import NotReady
 from gauntlet.window.pipeline import STAGES, Direct
+from tasks.limits import bucket_read_gate
 
 
 def _retry_unless_not_ready(task, task_run, state) -> bool:
@@ -47,6 +48,8 @@ class PrefectStages(Direct):
         """Route fanned-out calls to Dask workers started with `--resources GPU=1`."""
 
     def call(self, name: str, *args: Any) -> Any:
+        if name == "fetch":  # bucket reads go through the server's global rate limit (`tasks.limits`)
+            args = (*args, bucket_read_gate(args[0]))
         return TASKS[name].with_options(task_run_name=f"{name}-w{self.window}")(*args)
 
     def call_many(self, name: str, arg_lists: Sequence[tuple]) -> list[Any]:

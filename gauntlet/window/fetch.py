@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -103,12 +104,20 @@ def _failure(uid: int, key: str, exc: Exception) -> FetchRecord:
     return FetchRecord(uid, key, error=verdict.reason, detail=verdict.detail)
 
 
-def fetch_one(plan: WindowPlan, uid: int, archive: Path, cfg: GauntletConfig) -> FetchRecord:
+BeforeRead = Callable[[int], None]
+"""Called with a peer's uid just before its file is read (the flows' global rate limit on bucket
+reads); it may block. An exception from it is the validator's own fault and fails the stage."""
+
+
+def fetch_one(plan: WindowPlan, uid: int, archive: Path, cfg: GauntletConfig,
+              before_read: BeforeRead | None = None) -> FetchRecord:
     """One record for one peer, whatever its commitment and its endpoint do."""
     key = gradient_key(plan.window, uid)
     commitment = plan.commitments.get(uid)
     if commitment is None:
         return FetchRecord(uid, key, error=Reason.MISSING, detail="no bucket committed on chain")
+    if before_read is not None:
+        before_read(uid)
     policy, provider = endpoint_policy(cfg), None
     try:
         spec = BucketSpec.from_commitment(commitment)
@@ -149,10 +158,11 @@ def blame_outages(records: list[FetchRecord]) -> list[FetchRecord]:
             if r.error == Reason.INFRASTRUCTURE and r.provider not in excused else r for r in records]
 
 
-def fetch_window(plan: WindowPlan, archive: Path, cfg: GauntletConfig) -> list[FetchRecord]:
+def fetch_window(plan: WindowPlan, archive: Path, cfg: GauntletConfig,
+                 before_read: BeforeRead | None = None) -> list[FetchRecord]:
     uids = sorted(plan.peers)
     with ThreadPoolExecutor(max_workers=cfg.storage.max_concurrency) as pool:
-        records = list(pool.map(lambda u: fetch_one(plan, u, archive, cfg), uids))
+        records = list(pool.map(lambda u: fetch_one(plan, u, archive, cfg, before_read), uids))
     return blame_outages(records)
 
 
@@ -166,6 +176,6 @@ class Fetched:
         return {r.uid: r for r in self.records}
 
 
-def run(cfg: GauntletConfig, plan: WindowPlan) -> Fetched:
+def run(cfg: GauntletConfig, plan: WindowPlan, before_read: BeforeRead | None = None) -> Fetched:
     """Stage "fetch": every peer's file of the window into the validator's archive."""
-    return Fetched(tuple(fetch_window(plan, Path(cfg.validator.workdir) / "archive", cfg)))
+    return Fetched(tuple(fetch_window(plan, Path(cfg.validator.workdir) / "archive", cfg, before_read)))
