@@ -14,7 +14,7 @@ def _config(tmp_path):
 
 
 def test_rerun_publishes_nothing(tmp_path):
-    published = TASKS["publish"].fn(_config(tmp_path), 4, None, True)
+    published = TASKS["publish"].fn(_config(tmp_path), 4, None, None, None, True)
     assert not published.published and not (tmp_path / "no-chain.sqlite").exists()
 
 
