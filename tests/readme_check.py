@@ -18,10 +18,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"```sh\n(.*?)```", re.S)
 EXIT = re.compile(r"#\s*exit (\d+)\s*$")
+PLACEHOLDER = re.compile(r"<\w[^>]*>")
 RUN = ("gauntlet ", "R=")
 NOT_ON_THE_DEMO = {
     "mainnet.toml": "needs a bittensor chain, a wallet and a GPU",
-    "<": "a placeholder the reader fills in",
     "localnet run": "mines more windows: it would change the network the next lines read",
 }
 NOT_HERE = {
@@ -42,6 +42,8 @@ def commands(readme: Path) -> tuple[list[str], list[tuple[str, str]]]:
             if not line or line.startswith("#"):
                 continue
             reason = next((w for part, w in NOT_ON_THE_DEMO.items() if part in line), None)
+            if reason is None and PLACEHOLDER.search(line):
+                reason = "a placeholder the reader fills in"
             if line.startswith(RUN) and reason is None:
                 run.append(line)
                 continue
