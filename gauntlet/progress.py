@@ -60,6 +60,8 @@ class Progress:
         self.done = 0
         self.window: int | None = None
         self.stage = "starting"
+        self.miners = ""
+        """What the miners are doing: they run beside the validator, one window ahead or more."""
         self.scored = 0
         self.rejections: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -69,13 +71,20 @@ class Progress:
         where = f"window {self.done + 1 if self.done < self.total else self.total} of {self.total}"
         if self.window is not None:
             where += f" (#{self.window})"
-        return (f"[{self.clock() - self.started:5.0f} s] {where}: {self.stage}; "
+        miners = f"; miners: {self.miners}" if self.miners else ""
+        return (f"[{self.clock() - self.started:5.0f} s] {where}: {self.stage}{miners}; "
                 f"{self.scored} peers scored, {sum(self.rejections.values())} rejections so far")
 
     def set_stage(self, stage: str, window: int | None = None) -> None:
         with self._lock:
             self.stage = stage
             self.window = self.window if window is None else window
+            if self.live:
+                self._redraw()
+
+    def set_miners(self, text: str) -> None:
+        with self._lock:
+            self.miners = text
             if self.live:
                 self._redraw()
 
