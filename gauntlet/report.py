@@ -92,8 +92,12 @@ def why_unpaid(report: Report, uid: int) -> str:
         return "no rating: never seen by the validator"
     b, ordinal = float(row["B"][0]), float(row["ordinal"][0])
     if b <= 0:
-        return f"B = {b:.2f} <= 0: its update helps random pages as much as its own (own-data check)"
+        return f"B = {b:.2f} <= 0: its update does not help its own pages more than random ones (own-data check)"
     return f"F = {float(row['final_score'][0]):.3g}: ranked low in the loss-score matches (ordinal {ordinal:.2f})"
+
+
+def report_uids(report: Report, behaviour: str) -> list[int]:
+    return sorted(u for u, b in report.roster.items() if b == behaviour)
 
 
 def _uids(uids: list[int]) -> str:
@@ -106,12 +110,13 @@ def behaviour_table(report: Report) -> pl.DataFrame:
     n_windows = max(1, len(report.windows))
     rows = []
     for name in dict.fromkeys(sorted(report.roster.values(), key=lambda b: (b != "honest", b))):
-        uids = sorted(u for u, b in report.roster.items() if b == name)
+        uids = report_uids(report, name)
         last = report.last.filter(pl.col("uid").is_in(uids))["weight"].sum()
         mean = report.weights.filter(pl.col("uid").is_in(uids))["weight"].sum() / n_windows
         if name == "honest":
-            paid = sum(why_unpaid(report, u).startswith("paid") for u in uids)
-            outcome = f"{paid} of {len(uids)} paid in the last window"
+            unpaid = [u for u in uids if not why_unpaid(report, u).startswith("paid")]
+            outcome = f"{len(uids) - len(unpaid)} of {len(uids)} paid in the last window" + "".join(
+                f"; uid {u}: {why_unpaid(report, u).split(':')[0]}" for u in unpaid)
         else:
             outcome = "; ".join(f"uid {u}: {why_unpaid(report, u)}" for u in uids)
         rows.append({"behaviour": name, "uids": _uids(uids), "weight (last)": round(float(last), 4),
@@ -174,14 +179,13 @@ def look_further(audit_root: Path, report: Report) -> str:
 
 
 def _colours(names: list[str]) -> dict[str, tuple]:
-    """Honest peers green; every other behaviour its own colour, in a fixed order."""
+    """Honest peers green; every other behaviour its own colour (tab20 without its greens)."""
     from matplotlib import colormaps
 
-    palette = colormaps["tab10"].colors
+    palette = [c for i, c in enumerate(colormaps["tab20"].colors) if i not in (4, 5)]
     others = [n for n in sorted(set(names)) if n != "honest"]
-    hostile = [c for i, c in enumerate(palette) if i != 2]  # tab10's green is honest's
-    colours = {n: hostile[i % len(hostile)] for i, n in enumerate(others)}
-    return {"honest": palette[2], **colours}
+    colours = {n: palette[i % len(palette)] for i, n in enumerate(others)}
+    return {"honest": colormaps["tab10"].colors[2], **colours}
 
 
 def write_chart(report: Report, path: Path) -> Path:
@@ -192,18 +196,22 @@ def write_chart(report: Report, path: Path) -> Path:
     from matplotlib import pyplot as plt
 
     colours = _colours(list(report.roster.values()))
+    last = report.weights.filter(pl.col("window_id") == report.windows[-1])
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 8), height_ratios=[3, 2], constrained_layout=True)
     labelled: set[str] = set()
     for uid, name in sorted(report.roster.items()):
         series = report.weights.filter(pl.col("uid") == uid).sort("window_id")
         if series.is_empty():
             continue
+        share = last.filter(pl.col("uid").is_in(report_uids(report, name)))["weight"].sum()
         top.plot(series["window_id"].to_list(), series["weight"].to_list(), marker="o", markersize=3,
-                 color=colours[name], label=None if name in labelled else name, alpha=0.85)
+                 color=colours[name], label=None if name in labelled else f"{name}: {share:.0%}",
+                 alpha=0.85, linewidth=1.2 if name == "honest" else 2.0)
         labelled.add(name)
-    top.set(title="Weight per peer after each window (one line per uid, coloured by behaviour)",
+    top.set(title="Weight per peer after each window (one line per uid; unpaid peers lie on 0)",
             xlabel="window", ylabel="weight")
-    top.legend(ncol=2, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    top.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="weight at the end",
+               title_fontsize=8)
     if report.losses:
         items = sorted(report.losses.items())
         bottom.plot([w - 1 for w, _ in items[1:]], [loss for _, loss in items[1:]], marker="o", color="black")
