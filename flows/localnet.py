@@ -3,8 +3,10 @@
 Miners run by the local network's simulation clock; the validator runs `validate-window` for
 each window as soon as the chain has reached its validation point, exactly as in production.
 After the last miner window the chain runs on (no uploads) until every mined window is
-validated, so N windows mined are N windows validated. A network already in the folder is
-never deleted: it is kept under a dated name (`set_aside`), or continued with `fresh=False`.
+validated, so N windows mined are N windows validated (a resumed network therefore starts with
+a window nobody uploaded in: the chain ran on while its miners were stopped). A network already
+in the folder is never deleted: it is kept under a dated name (`set_aside`), or continued with
+`fresh=False`.
 The report (who got paid and why, validation loss, a PNG chart) is printed, written beside the
 audit tables and attached to the flow run as a markdown artifact.
 """
@@ -34,6 +36,9 @@ from gauntlet.progress import Progress, next_stage, window_counts
 from gauntlet.report import load_report, look_further, render, render_markdown, write_chart
 from gauntlet.validation_loss import network_losses
 
+DEMO_OVERRIDES = {"data": {"pages_per_window": 1}}
+"""The demo's network trains each peer on one page a window instead of local.toml's two: the
+miners' training was most of the demo's time, and every check still catches its hostile peer."""
 CHART_NAME = "report.png"
 LOG_NAME = "prefect.log"
 STARTUP_TIMEOUT_S = 120
@@ -75,7 +80,7 @@ def prepare_network(folder: Path, peers: int, fresh: bool) -> tuple[Network, Pat
     if not fresh and (folder / "manifest.json").exists():
         return load_network(folder), None
     kept = set_aside(folder) if fresh else None
-    return init_network(folder, peers=peers), kept
+    return init_network(folder, peers=peers, overrides=DEMO_OVERRIDES), kept
 
 
 def drain(net: Network, last_mined: int) -> None:
@@ -91,11 +96,12 @@ class Validator:
     """`run_network`'s validate callback: validates windows one at a time, in order, in a worker
     thread, so that the miners mine the next window meanwhile (the demo's time was their sum).
 
-    The result is the same as validating inline: window W is handed over when the chain reaches
-    W + validator_offset, and the miners then mine that window, whose gather list was published
-    by validating W - effective_after or earlier. A call first waits for the previous window, so
-    with effective_after >= 1 everything the miners read is already written; with 0 (or
-    `overlap=False`) each window is validated inline.
+    The result is the same as validating inline. Window W is handed over when the chain reaches
+    W + validator_offset; while it is validated the miners mine window M = W + validator_offset
+    and read M's gather list, which comes from validating windows <= M - validator_offset -
+    effective_after = W - effective_after. Each call first waits for the window before it, so
+    with effective_after >= 1 all of those are written; with 0 (or `overlap=False`) each window
+    is validated inline.
     """
 
     def __init__(self, net: Network, progress: Progress, overlap: bool = True) -> None:
@@ -240,7 +246,7 @@ def run_demo(windows: int, peers: int, network: Path, resume: bool) -> str:
         progress.note(f"kept the previous network as {kept} (to continue a network: `gauntlet demo --resume`)")
     if not (network / "manifest.json").exists():
         progress.set_stage("creating the network (and the corpus and tokenizer on first use)")
-        init_network(network, peers=peers)
+        init_network(network, peers=peers, overrides=DEMO_OVERRIDES)
     log = network / LOG_NAME
     progress.note(f"Prefect's log lines go to {log}")
     timeout = {} if "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in os.environ else {
