@@ -55,10 +55,13 @@ def _follow(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from flows.localnet import localnet
+    from pathlib import Path
+
+    from flows.localnet import LOG_NAME, run_demo
 
     with _quiet_flows():
-        localnet(windows=args.windows, peers=args.peers, network=args.network, fresh=not args.resume)
+        print(run_demo(args.windows, args.peers, Path(args.network), args.resume))
+    print(f"Prefect's log of this run: {Path(args.network) / LOG_NAME}")
     return 0
 
 
@@ -83,11 +86,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--idle-timeout", type=float, help="stop after this many seconds without a new window")
     _source(p)
     p.set_defaults(func=_follow)
-    p = sub.add_parser("demo", help=COMMANDS[2].help)
-    p.add_argument("--windows", type=int, default=10, help="windows to run (default: %(default)s)")
-    p.add_argument("--peers", type=int, default=21, help="peers in the default mix (default: %(default)s)")
-    p.add_argument("--network", default="data/localnet", help="network folder (default: %(default)s)")
-    p.add_argument("--resume", action="store_true", help="continue the existing network folder")
+    p = sub.add_parser("demo", help=COMMANDS[2].help,
+                       description="Mine and validate WINDOWS windows of a local network with honest and hostile "
+                       "peers, then print who got paid and why, the validation loss and a chart. A network "
+                       "already in --network is kept under a dated name, or continued with --resume.")
+    p.add_argument("--windows", type=int, default=10, help="windows to mine and validate (default 10)")
+    p.add_argument("--peers", type=int, default=21, help="peers in the default mix (21: every hostile kind)")
+    p.add_argument("--network", default="data/localnet", help="the network folder (default data/localnet)")
+    p.add_argument("--resume", action="store_true", help="continue the network in --network instead of a new one")
     p.set_defaults(func=_demo)
 
 
