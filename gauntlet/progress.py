@@ -21,13 +21,14 @@ import polars as pl
 from gauntlet.audit.store import AuditStore
 from gauntlet.window.pipeline import STAGES
 
-SHOWN_STAGES: tuple[str, ...] = tuple(s for s in STAGES if s != "baseline")
-"""The validator's stages in pipeline order; `baseline` is shown as part of `evaluate`."""
+PARTS_OF_EVALUATE = ("baseline", "screen")
+SHOWN_STAGES: tuple[str, ...] = tuple(s for s in STAGES if s not in PARTS_OF_EVALUATE)
+"""The validator's stages in pipeline order; `baseline` and `screen` are shown as part of `evaluate`."""
 
 
 def next_stage(finished: str) -> str | None:
     """The stage that runs after `finished` (None after the last; unknown names give None)."""
-    if finished == "baseline":
+    if finished in PARTS_OF_EVALUATE:
         return "evaluate"
     if finished not in SHOWN_STAGES:
         return None
