@@ -54,7 +54,7 @@ def test_default_mix_golden_values() -> None:
 
 def test_parse_mix() -> None:
     assert parse_mix("honest=2, copycat, sybil=2,late=0") == ["honest", "honest", "copycat", "sybil", "sybil"]
-    for bad, words in [("honest=x", "integer"), ("lazy=1", "unknown behaviour"), ("honest=-1", ">= 0"),
+    for bad, words in [("honest=x", "integer"), ("idle=1", "unknown behaviour"), ("honest=-1", ">= 0"),
                        ("", "no peers")]:
         with pytest.raises(ValueError, match=words):
             parse_mix(bad)
