@@ -125,7 +125,7 @@ def test_init_checks_its_arguments(tmp_path: Path, data_paths) -> None:
     with pytest.raises(ValueError, match="3 behaviours given for 4 peers"):
         init_network(tmp_path / "a", peers=4, behaviours=["honest"] * 3, **data_paths)
     with pytest.raises(ValueError, match="unknown behaviours"):
-        init_network(tmp_path / "b", behaviours=["honest", "lazy"], **data_paths)
+        init_network(tmp_path / "b", behaviours=["honest", "idle"], **data_paths)
     with pytest.raises(FileNotFoundError, match="no manifest"):
         load_network(tmp_path / "nothing")
 
