@@ -132,6 +132,9 @@ def preset_figures(runs: list[dict], warmup: int) -> dict:
     tests = [own_test(r) for r in runs]
     out["own_test_false_negative"] = _mean([t[0] for t in tests])
     out["own_test_false_positive"] = _mean([t[1] for t in tests])
+    out["own_test_margin_meeting_goals"] = next(
+        (m for m in MARGINS if all(own_test(r, m)[0] is not None and own_test(r, m)[0] <= 0.02
+                                   and (own_test(r, m)[1] or 0.0) <= 0.05 for r in runs)), None)
     out["own_test_roc"] = [{"margin": m, "fn": _mean([own_test(r, m)[0] for r in runs]),
                             "fp": _mean([own_test(r, m)[1] for r in runs])} for m in MARGINS]
     ratios: dict[str, list] = defaultdict(list)
@@ -148,6 +151,25 @@ def preset_figures(runs: list[dict], warmup: int) -> dict:
     return out
 
 
+def smoothed(run: dict, alpha: float) -> dict:
+    """What-if: pay each window from an EMA of the recorded weights (alpha = weight of the past),
+    renormalised; a proxy for "pay from a smoothed score" computed without re-running."""
+    ema: dict[int, float] = {}
+    weights = {}
+    for w in _windows(run):
+        ema = {u: alpha * ema.get(u, 0.0) + (1 - alpha) * _w(run, w, u) for u in run["behaviour"]}
+        total = sum(ema.values())
+        weights[w] = {u: x / total if total > 0 else 0.0 for u, x in ema.items()}
+    return {**run, "weights": weights}
+
+
+def whatif_figures(runs: list[dict], warmup: int, alpha: float) -> dict:
+    part = preset_figures([smoothed(r, alpha) for r in runs], warmup)
+    keys = ("honest_weight_share", "honest_weight_share_worst", "windows_to_exclude_max",
+            "honest_zeroed_after_warmup", "honest_pay_cv", "pay_monotone_spearman")
+    return {f"whatif_ema{alpha}_{k}": part[k] for k in keys}
+
+
 def figures(runs: list[dict], warmup: int) -> dict:
     out: dict = {"warmup_windows": warmup}
     runs = [normalise(r) for r in runs]
@@ -155,6 +177,9 @@ def figures(runs: list[dict], warmup: int) -> dict:
         suffix = "" if preset == "default" else f"_{preset}"
         part = preset_figures([r for r in runs if r["preset"] == preset], warmup)
         out.update({f"{k}{suffix}": v for k, v in part.items()})
+        if preset == "default":
+            for alpha in (0.5, 0.8):
+                out.update(whatif_figures([r for r in runs if r["preset"] == preset], warmup, alpha))
     return out
 
 
@@ -173,12 +198,12 @@ def chart(runs: list[dict], path: Path) -> None:
         kinds = sorted({b for r in group for b in r["behaviour"].values()})
         for kind in kinds:
             windows = _windows(group[0])
-            series = [statistics.fmean(sum(_w(r, w, int(u)) for u, b in r["behaviour"].items() if b == kind)
+            series = [statistics.fmean(statistics.fmean(_w(r, w, u) for u, b in r["behaviour"].items() if b == kind)
                                        for r in group) for w in windows]
             ax.plot(windows, series, label=kind, linestyle="-" if kind in WORK or kind == "scaled" else "--")
         ax.set_title(f"preset {preset}: weight per behaviour")
         ax.set_xlabel("window")
-        ax.set_ylabel("weight (sum over the behaviour's peers)")
+        ax.set_ylabel("weight per peer (mean over the behaviour's peers)")
     axes[0][-1].legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -21,7 +21,7 @@ from gauntlet.data import page_batches, random_pages
 from gauntlet.submission import Submission, parse_submission
 
 HELD_OUT_SEED = 7_777_777
-HELD_OUT_PAGES = 6
+HELD_OUT_PAGES = 4
 
 
 class Shadows:

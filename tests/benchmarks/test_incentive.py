@@ -84,3 +84,12 @@ def test_figures_of_a_known_run() -> None:
     assert got["loss_ratio_gauntlet"] == pytest.approx(8.2 / 8.0) and got["loss_ratio_mean"] == pytest.approx(9 / 8)
     assert got["honest_weight_share_paper"] == got["honest_weight_share"]
     assert spearman([0.5, 1.0, 2.0], [1.0, 2.0, 3.0]) == pytest.approx(1.0)
+
+
+def test_smoothed_pay_what_if_keeps_weights_normalised_and_lags() -> None:
+    from benchmarks.incentive_figures import normalise, smoothed
+
+    run = smoothed(normalise(_run()), 0.5)
+    for w in (0, 1, 2):
+        assert sum(run["weights"][w].values()) == pytest.approx(1.0)
+    assert run["weights"][1][5] == pytest.approx(0.05 / (0.25 + 0.5 * 1.005))  # the ignorer's past pay lingers
