@@ -45,10 +45,17 @@ def trimmed_mean(x: Tensor, f: int) -> Tensor:
     return x.sort(0).values[f: x.shape[0] - f].mean(0)
 
 
-def _krum_scores(x: Tensor, f: int) -> Tensor:
+def squared_distances(x: Tensor) -> Tensor:
+    """(P, P) squared L2 distances from the Gram matrix (one P x D x P product, in float64)."""
+    g = (x @ x.T).double()
+    sq = g.diagonal()
+    return (sq[:, None] + sq[None, :] - 2 * g).clamp_min(0)
+
+
+def _krum_scores(x: Tensor, f: int, d: Tensor | None = None) -> Tensor:
     """byzfl's Krum score: mean squared distance to the n - f - 1 nearest other rows."""
-    d = torch.cdist(x.double(), x.double()).pow(2)
-    return d.sort(1).values[:, 1: x.shape[0] - f].mean(1)
+    d = squared_distances(x) if d is None else d
+    return d.sort(1).values[:, 1: d.shape[0] - f].mean(1)
 
 
 def krum(x: Tensor, f: int) -> Tensor:
@@ -90,10 +97,11 @@ def bulyan(x: Tensor, f: int) -> Tensor:
        chosen rows, averaged.
     """
     _check(x, f, 4 * f + 3)
+    d = squared_distances(x)
     pool = list(range(x.shape[0]))
     chosen = []
     for _ in range(x.shape[0] - 2 * f):
-        scores = _krum_scores(x[pool], f) if len(pool) > 2 * f + 2 else torch.zeros(len(pool))
+        scores = _krum_scores(x, f, d[pool][:, pool]) if len(pool) > 2 * f + 2 else torch.zeros(len(pool))
         chosen.append(pool.pop(int(scores.argmin())))
     sel = x[chosen]
     beta = len(chosen) - 2 * f

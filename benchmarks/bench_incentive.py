@@ -33,6 +33,7 @@ OVERRIDES = {"data": {"rows_per_page": 4}, "filter": {"put_window_s": 0.5}}
 FULL = {"windows": 30, "seeds": (0,), "warmup": 5}
 QUICK = {"windows": 4, "seeds": (0,), "warmup": 2}
 PRESETS = ("default", "paper")
+LOSS_EVERY = 5
 MARGINS = [round(0.05 * i, 2) for i in range(-4, 21)]
 
 
@@ -58,14 +59,17 @@ def run_one(preset: str, seed: int, windows: int, data_dir: str, partial: str | 
                           f=sum(p.uid not in net.honest_work for p in net.peers))
 
         miner_seconds: list[float] = []
+        loss: dict[str, float] = {}
 
-        def record() -> dict:
+        def record(with_loss: bool = True) -> dict:
+            if with_loss:  # held-out loss of 10 models: every LOSS_EVERY windows in the partial file
+                loss.update(shadows.losses(), windows=len(weights))
             scores = AuditStore(cfg.audit.root).read("scores")
             return {"preset": preset, "seed": seed, "behaviour": {p.uid: p.behaviour for p in net.peers},
                 "honest_work": net.honest_work, "weights": weights,
                 "scores": [{"window": int(r["window_id"]), "uid": int(r["uid"]), "s": r["gradient_score"],
                             "r_own": r["own_improvement"], "b": r["indicator"]} for r in scores.to_dicts()],
-                "loss": shadows.losses(), "own_margin": cfg.uniqueness.own_margin,
+                "loss": dict(loss), "own_margin": cfg.uniqueness.own_margin,
                 "seconds_validate": seconds, "seconds_miners": miner_seconds}
 
         def validate(window: int) -> None:
@@ -75,7 +79,7 @@ def run_one(preset: str, seed: int, windows: int, data_dir: str, partial: str | 
             weights[window] = {int(u): float(w) for u, w in result.rated.weights.items()}
             seconds.append(time.perf_counter() - start)
             if partial:
-                Path(partial).write_text(json.dumps(record(), default=_jsonable))
+                Path(partial).write_text(json.dumps(record(not loss or len(weights) % LOSS_EVERY == 0), default=_jsonable))
 
         def on_report(report) -> None:
             miner_seconds.append(report.seconds.get("total", 0.0))

@@ -143,6 +143,7 @@ def preset_figures(runs: list[dict], warmup: int) -> dict:
         for name in [*RULES, "gauntlet"]:
             ratios[name].append(loss[name] / loss["honest_only"])
     out.update({f"loss_ratio_{k}": _mean(v) for k, v in ratios.items()})
+    out["loss_measured_after_windows"] = min(int(r["loss"].get("windows", len(r["weights"]))) for r in runs)
     out["loss_honest_only"] = _mean([r["loss"]["honest_only"] for r in runs])
     out["loss_initial"] = _mean([r["loss"]["initial"] for r in runs])
     out["rule_f_used"] = {k: runs[0]["loss"].get(f"f_{k}") for k in RULES}
