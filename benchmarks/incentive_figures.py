@@ -2,6 +2,19 @@
 
 Every figure is computed per run and then averaged over seeds (worst-case figures: the worst
 over seeds). Keys without a suffix are the `default` preset; `*_paper` the paper preset.
+
+- honest_weight_share(_worst): per window after warm-up, the weight of the manifest's
+  `honest_work` uids over all weight paid (mean; worst window);
+- windows_to_exclude_max: per hostile peer, the windows until its weight stays under 1 % for the
+  rest of the run (null when one never does; `hostile_never_excluded` counts those);
+- honest_zeroed_after_warmup: honest-work peers paid 0 in at least one window after warm-up;
+- honest_pay_cv: std / mean of cumulative pay among the equal-work `honest` peers;
+- pay_monotone_spearman: Spearman between work (lazy 0.5, honest 1, diligent 2) and pay;
+- own_test_false_negative / _positive: honest-work evaluations with b = -1 / data cheats'
+  (data_ignorer, replayer, copycats) evaluations with b = +1, from the audit `scores` table;
+  own_test_roc: both rates for b recomputed at other margins from the recorded r_own and s;
+- loss_ratio_<rule>: held-out loss of the rule's shadow model over the honest-only shadow's
+  (shadow.py); loss_ratio_gauntlet: the network's own model over the same reference.
 """
 
 from __future__ import annotations
