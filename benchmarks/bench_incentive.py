@@ -7,7 +7,7 @@ evaluated peer's (s, r_own, b) from the audit `scores` table, and, on the same s
 model each alternative aggregation rule would have reached (`shadow.py`).
 
 Figures (flat keys; `*_paper` for the paper preset): see `incentive_figures`. Written to
-benchmarks/results/incentive.json and the chart incentive.png. `--quick` (CI smoke) runs 4 windows.
+benchmarks/results/incentive.json and the chart incentive.png. `--quick` (CI smoke) runs 3 windows.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ DATA_CHEATS = ("data_ignorer", "replayer", "copycat", "copycat_noisy")
 OVERRIDES = {"data": {"rows_per_page": 4}, "filter": {"put_window_s": 0.5}}
 """Fewer rows per page than local.toml (3 batches a peer, not 11): a window costs ~1/4 as much."""
 FULL = {"windows": 30, "seeds": (0,), "warmup": 5}
-QUICK = {"windows": 3, "seeds": (0,), "warmup": 2}
+QUICK = {"windows": 3, "seeds": (0,), "warmup": 1}
 PRESETS = ("default", "paper")
 LOSS_EVERY = 5
 MARGINS = [round(0.05 * i, 2) for i in range(-4, 21)]
