@@ -34,6 +34,8 @@ FULL = {"windows": 30, "seeds": (0,), "warmup": 5}
 QUICK = {"windows": 3, "seeds": (0,), "warmup": 1}
 PRESETS = ("default", "paper")
 LOSS_EVERY = 5
+PARTIAL = Path(tempfile.gettempdir()) / "gauntlet-bench-incentive"
+"""Each run's records, rewritten after every window (`--from-partial` makes figures of them)."""
 MARGINS = [round(0.05 * i, 2) for i in range(-4, 21)]
 
 
@@ -100,9 +102,8 @@ def run_all(mode: dict, jobs: int = 2) -> list[dict]:
     """Every (preset, seed) run, `jobs` processes at a time (one torch thread each)."""
     with tempfile.TemporaryDirectory(prefix="bench-incentive-data-") as tmp:
         data = _prepare_data(Path(tmp))
-        partial = Path(tempfile.gettempdir()) / "gauntlet-bench-incentive"
-        partial.mkdir(parents=True, exist_ok=True)
-        tasks = [(p, s, mode["windows"], data, str(partial / f"{p}-{s}.json")) for s in mode["seeds"] for p in PRESETS]
+        PARTIAL.mkdir(parents=True, exist_ok=True)
+        tasks = [(p, s, mode["windows"], data, str(PARTIAL / f"{p}-{s}.json")) for s in mode["seeds"] for p in PRESETS]
         with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
             return list(pool.map(run_one, *zip(*tasks)))
 
@@ -114,9 +115,14 @@ def main(argv: list[str] | None = None) -> dict:
     quick = "--quick" in argv
     mode = QUICK if quick else FULL
     start = time.perf_counter()
-    runs = run_all(mode)
+    if "--from-partial" in argv:  # the figures of an interrupted run, from its per-window records
+        runs = [json.loads(p.read_text()) for p in sorted(PARTIAL.glob("*.json"))]
+        mode = {**mode, "windows": min(len(r["weights"]) for r in runs)}
+    else:
+        runs = run_all(mode)
     out = figures(runs, mode["warmup"])
     out.update({"mode": "quick" if quick else "full", "windows": mode["windows"], "seeds": list(mode["seeds"]),
+                "windows_validated": min(len(r["weights"]) for r in runs),
                 "peers": len(MIX), "mix": MIX, "seconds_total": round(time.perf_counter() - start, 1)})
     results = HERE / "results"
     results.mkdir(exist_ok=True)
