@@ -71,7 +71,7 @@ def run_one(preset: str, seed: int, windows: int, data_dir: str, partial: str | 
                 "honest_work": net.honest_work, "weights": weights,
                 "scores": [{"window": int(r["window_id"]), "uid": int(r["uid"]), "s": r["gradient_score"],
                             "r_own": r["own_improvement"], "b": r["indicator"]} for r in scores.to_dicts()],
-                "loss": dict(loss), "own_margin": cfg.uniqueness.own_margin,
+                "loss": dict(loss), "own_margin": cfg.uniqueness.own_margin, "power": cfg.weights.power,
                 "seconds_validate": seconds, "seconds_miners": miner_seconds}
 
         def validate(window: int) -> None:

@@ -177,11 +177,23 @@ def smoothed(run: dict, alpha: float) -> dict:
     return {**run, "weights": weights}
 
 
-def whatif_figures(runs: list[dict], warmup: int, alpha: float) -> dict:
-    part = preset_figures([smoothed(r, alpha) for r in runs], warmup)
+def repowered(run: dict, power: float, recorded: float) -> dict:
+    """What-if, exact: the weights under `weights.power = power` from those recorded under
+    `recorded` (w = F^p / sum F^p, so F^q / sum F^q = w^(q/p) / sum w^(q/p)); the gather list,
+    a top-G by the same order, and so the run itself, are unchanged."""
+    weights = {}
+    for w in _windows(run):
+        powered = {u: x ** (power / recorded) if x > 0 else 0.0 for u, x in run["weights"][w].items()}
+        total = sum(powered.values())
+        weights[w] = {u: x / total if total > 0 else 0.0 for u, x in powered.items()}
+    return {**run, "weights": weights}
+
+
+def whatif_figures(runs: list[dict], warmup: int, tag: str, change) -> dict:
+    part = preset_figures([change(r) for r in runs], warmup)
     keys = ("honest_weight_share", "honest_weight_share_worst", "windows_to_exclude_max",
             "honest_zeroed_after_warmup", "honest_pay_cv", "pay_monotone_spearman")
-    return {f"whatif_ema{alpha}_{k}": part[k] for k in keys}
+    return {f"whatif_{tag}_{k}": part[k] for k in keys}
 
 
 def figures(runs: list[dict], warmup: int) -> dict:
@@ -192,8 +204,14 @@ def figures(runs: list[dict], warmup: int) -> dict:
         part = preset_figures([r for r in runs if r["preset"] == preset], warmup)
         out.update({f"{k}{suffix}": v for k, v in part.items()})
         if preset == "default":
+            group = [r for r in runs if r["preset"] == preset]
+            p = float(group[0].get("power", 2.0))
             for alpha in (0.5, 0.8):
-                out.update(whatif_figures([r for r in runs if r["preset"] == preset], warmup, alpha))
+                out.update(whatif_figures(group, warmup, f"ema{alpha}", lambda r, a=alpha: smoothed(r, a)))
+            for q in (1.0, 0.5):
+                out.update(whatif_figures(group, warmup, f"power{q}", lambda r, q=q: repowered(r, q, p)))
+                out.update(whatif_figures(group, warmup, f"power{q}_ema0.5",
+                                          lambda r, q=q: smoothed(repowered(r, q, p), 0.5)))
     return out
 
 

@@ -93,3 +93,12 @@ def test_smoothed_pay_what_if_keeps_weights_normalised_and_lags() -> None:
     for w in (0, 1, 2):
         assert sum(run["weights"][w].values()) == pytest.approx(1.0)
     assert run["weights"][1][5] == pytest.approx(0.05 / (0.25 + 0.5 * 1.005))  # the ignorer's past pay lingers
+
+
+def test_repowered_weights_are_the_weights_under_another_power() -> None:
+    from benchmarks.incentive_figures import normalise, repowered
+
+    scores = {1: 3.0, 2: 1.0, 3: 0.0}
+    run = normalise({**_run(), "weights": {0: {u: f ** 2 / 10.0 for u, f in scores.items()}}})
+    linear = repowered(run, 1.0, 2.0)["weights"][0]
+    assert linear == pytest.approx({1: 0.75, 2: 0.25, 3: 0.0})
