@@ -118,6 +118,8 @@ def main(argv: list[str] | None = None) -> dict:
     if "--from-partial" in argv:  # the figures of an interrupted run, from its per-window records
         runs = [json.loads(p.read_text()) for p in sorted(PARTIAL.glob("*.json"))]
         mode = {**mode, "windows": min(len(r["weights"]) for r in runs)}
+    elif "--from-runs" in argv:  # the figures again (new figures code) from a finished run's records
+        runs = json.loads((HERE / "results" / ("incentive_quick_runs.json" if quick else "incentive_runs.json")).read_text())
     else:
         runs = run_all(mode)
     out = figures(runs, mode["warmup"])
