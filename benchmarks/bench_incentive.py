@@ -126,6 +126,9 @@ def main(argv: list[str] | None = None) -> dict:
     out.update({"mode": "quick" if quick else "full", "windows": mode["windows"], "seeds": list(mode["seeds"]),
                 "windows_validated": min(len(r["weights"]) for r in runs),
                 "peers": len(MIX), "mix": MIX, "seconds_total": round(time.perf_counter() - start, 1)})
+    if "--from-runs" in argv:  # the run's own duration, not this recomputation's
+        previous = HERE / "results" / ("incentive_quick.json" if quick else "incentive.json")
+        out["seconds_total"] = json.loads(previous.read_text()).get("seconds_total") if previous.is_file() else None
     results = HERE / "results"
     results.mkdir(exist_ok=True)
     name = "incentive_quick" if quick else "incentive"
