@@ -19,6 +19,9 @@ in the peer's bucket at the behaviour's phase, and aggregates the window as the 
 | late / early   | an honest file after t_max / before t_min                 | timing                      |
 | malformed      | a broken file of another kind each window (MALFORMED_KINDS) | format check              |
 | sybil          | one honest update shared by several uids                  | copy check (later uploaders)|
+
+Effort variants (lazy, diligent) and the attacks of the robust-aggregation literature (alie, ipm,
+sandbagger, replayer) are in `attacks.py`; they are registered in `BEHAVIOURS` too.
 """
 
 from __future__ import annotations
@@ -355,6 +358,10 @@ BEHAVIOURS: dict[str, type[Behaviour]] = {
     for cls in (Honest, FreeRider, Noise, Copycat, CopycatNoisy, SignFlip, Scaled, DataIgnorer, Stale, Late,
                 Early, Malformed, Sybil)
 }
+
+from gauntlet.localnet.attacks import ATTACKS  # noqa: E402  (attacks.py builds on Behaviour above)
+
+BEHAVIOURS.update({cls.name: cls for cls in ATTACKS})
 
 
 def make_behaviour(name: str, uid: int, roster: Mapping[int, str], seed: int = 0) -> Behaviour:

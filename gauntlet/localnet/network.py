@@ -8,8 +8,9 @@ Layout of a network folder (default `data/localnet/`):
     buckets/<hotkey>/  one local bucket per peer and one for the validator
     audit/, validator/ the validator's audit tables and workdir (checkpoints, archive)
     miners/          the simulated miners' state (shared theta per window, momentum per uid)
-    manifest.json    {"peers": [{"uid", "hotkey", "behaviour"}...], "validator": {...}}: ground
-                     truth for reports, benchmarks and tests; the validator never reads it
+    manifest.json    {"peers": [{"uid", "hotkey", "behaviour"}...], "validator": {...}, "seed",
+                     "honest_work": [uids]}: ground truth for reports, benchmarks and tests
+                     (`honest_work`: see HONEST_WORK); the validator never reads it
 
 Default mix of behaviours for N peers (`default_mix`): at least 40 % of the peers (rounded up)
 are honest; the rest get one hostile kind each in the order of `HOSTILE_ORDER` (a sybil group
@@ -44,6 +45,10 @@ HOSTILE_ORDER = ("copycat", "late", "malformed", "free_rider", "sign_flip", "dat
 """Most instructive first: each is caught by a different check (see behaviours.py); the peers that
 run their own hostile S3 endpoint last (hostile_endpoints.py)."""
 GROUP_SIZE = {"sybil": 2}
+HONEST_WORK = frozenset({"honest", "scaled", "lazy", "diligent"})
+"""Behaviours that train on their own pages and upload their own update (at whatever effort or
+scale): the benchmark's "weight to honest work" is the weight paid to these peers, plus the first
+(lowest-uid) sybil of a group, which did the training its group shares."""
 MIN_HONEST_SHARE = 0.4
 VALIDATOR_STAKE = 1000.0
 NETWORK_DEFAULTS: dict[str, Any] = {
@@ -76,7 +81,13 @@ class Network:
 
     @property
     def manifest(self) -> dict[str, Any]:
-        return {"peers": [asdict(p) for p in self.peers], "validator": asdict(self.validator), "seed": self.seed}
+        return {"peers": [asdict(p) for p in self.peers], "validator": asdict(self.validator), "seed": self.seed,
+                "honest_work": self.honest_work}
+
+    @property
+    def honest_work(self) -> list[int]:
+        """The uids that do honest work (see `HONEST_WORK`), for "weight to honest work"."""
+        return honest_work(self.peers)
 
     @property
     def miners_dir(self) -> Path:
@@ -101,6 +112,12 @@ class Network:
         if commitment is None:
             raise KeyError(f"uid {uid} has no bucket committed on chain")
         return Bucket.from_spec(BucketSpec.from_commitment(commitment))
+
+
+def honest_work(peers: Sequence[Peer]) -> list[int]:
+    """uids of `HONEST_WORK` behaviours plus the lowest uid of the sybils (it trained; the rest copy)."""
+    sybils = sorted(p.uid for p in peers if p.behaviour == "sybil")
+    return sorted([p.uid for p in peers if p.behaviour in HONEST_WORK] + sybils[:1])
 
 
 def default_mix(peers: int) -> list[str]:

@@ -9,6 +9,7 @@ from gauntlet.codec import DCTCodec
 from gauntlet.config import GauntletConfig, with_overrides
 from gauntlet.data import Corpus, load_tokenizer
 from gauntlet.filter import probe_values, steps_behind
+from gauntlet.localnet.attacks import extended_pages
 from gauntlet.localnet.behaviours import (
     BEHAVIOURS,
     MALFORMED_KINDS,
@@ -19,6 +20,7 @@ from gauntlet.localnet.behaviours import (
     WindowEnv,
     make_behaviour,
 )
+from gauntlet.localnet.network import HONEST_WORK
 from gauntlet.miner import MinerState, mine_window, own_pages, submission_bytes
 from gauntlet.model import build_model
 from gauntlet.submission import ModelSpec, Submission, parse_submission
@@ -74,8 +76,8 @@ def test_registry_names_match_classes_and_unknown_names_are_refused() -> None:
         assert cls.name == name and issubclass(cls, Behaviour)
     assert BEHAVIOURS["early"].phase is Phase.EARLY and BEHAVIOURS["late"].phase is Phase.LATE
     assert BEHAVIOURS["copycat"].phase is Phase.FOLLOW and BEHAVIOURS["honest"].phase is Phase.ON_TIME
-    with pytest.raises(ValueError, match="unknown behaviour 'lazy'"):
-        make_behaviour("lazy", 1, ROSTER)
+    with pytest.raises(ValueError, match="unknown behaviour 'idle'"):
+        make_behaviour("idle", 1, ROSTER)
 
 
 @pytest.mark.parametrize("name", ["honest", "early", "late"])
@@ -209,3 +211,63 @@ def test_malformed_rotates_through_every_kind_and_each_is_refused_as_intended(wo
         assert isinstance(verdict, Verdict) and verdict.reason is reason, (kind, verdict)
         assert words in verdict.detail, (kind, verdict.detail)
     assert seen == set(MALFORMED_KINDS)
+
+
+def _dense(world, sub: Submission) -> dict[str, torch.Tensor]:
+    env = _env(world)
+    return env.codec.decode_all(sub.grads, env.spec.shapes)
+
+
+def _cosine(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    x, y = torch.cat([t.flatten() for t in a.values()]), torch.cat([b[n].flatten() for n in a])
+    return float(x @ y / (x.norm() * y.norm()))
+
+
+def test_lazy_and_diligent_train_on_half_and_twice_their_pages_own_pages_first(world) -> None:
+    env = _env(world)
+    own = own_pages(2, 3, env.corpus, env.cfg)
+    pages = extended_pages(2, env, 2)
+    assert pages[: len(own)] == own and len(pages) == 2 * len(own) and len(set(pages)) == len(pages)
+    lazy = _parse(make_behaviour("lazy", 2, ROSTER).prepare(env), 3, 2, env.spec)
+    diligent = _parse(make_behaviour("diligent", 2, ROSTER).prepare(env), 3, 2, env.spec)
+    assert lazy.content_hash == _honest_reference(world, 2, pages=own[: len(own) // 2]).content_hash
+    assert diligent.content_hash == _honest_reference(world, 2, pages=pages).content_hash
+    assert {"lazy", "diligent"} <= HONEST_WORK and not {"alie", "ipm", "sandbagger", "replayer"} & HONEST_WORK
+
+
+def test_sandbagger_trains_on_one_sequence_but_uploads_a_normal_file(world) -> None:
+    env = _env(world)
+    sub = _parse(make_behaviour("sandbagger", 2, ROSTER).prepare(env), 3, 2, env.spec)
+    ref = _honest_reference(world, 2)
+    assert isinstance(sub, Submission) and sub.probe == ref.probe
+    for name, (idx, vals) in ref.grads.items():
+        assert sub.grads[name][0].shape == idx.shape  # the full top-k: nothing shows the short work
+    assert sub.content_hash != ref.content_hash
+
+
+def test_replayer_reuploads_its_first_update_across_windows_and_processes(world) -> None:
+    replayer = make_behaviour("replayer", 2, ROSTER)
+    first = _parse(replayer.prepare(_env(world, window=3)), 3, 2, _env(world).spec)
+    assert first.content_hash == _honest_reference(world, 2).content_hash
+    again = make_behaviour("replayer", 2, ROSTER)
+    again.load_state(*_round_trip(replayer))
+    later = _parse(again.prepare(_env(world, window=4)), 4, 2, _env(world).spec)
+    assert isinstance(later, Submission) and later.window == 4
+    assert all(torch.equal(later.grads[n][1], v) and torch.equal(later.grads[n][0], i)
+               for n, (i, v) in first.grads.items())
+
+
+def test_alie_and_ipm_perturb_the_honest_direction_as_byzfl_defines_them(world) -> None:
+    env = _env(world)
+    alie, ipm = make_behaviour("alie", 2, ROSTER), make_behaviour("ipm", 2, ROSTER)
+    updates = alie.page_updates(env)
+    assert all(u.shape[0] == 2 * env.cfg.data.pages_per_window for u in updates.values())
+    mean = {n: u.mean(0) for n, u in updates.items()}
+    crafted = alie.perturb(updates)
+    for n, u in updates.items():
+        assert torch.allclose(crafted[n], mean[n] + 1.5 * u.std(0))
+        assert torch.allclose(ipm.perturb(updates)[n], -2.0 * mean[n])
+    honest = _dense(world, _honest_reference(world, 2))
+    a = _dense(world, _parse(alie.prepare(env), 3, 2, env.spec))
+    i = _dense(world, _parse(ipm.prepare(env), 3, 2, env.spec))
+    assert _cosine(i, honest) < -0.3 and _cosine(a, crafted) > 0.3  # what survives the top-k

@@ -57,7 +57,7 @@ def test_default_mix_golden_values() -> None:
 
 def test_parse_mix() -> None:
     assert parse_mix("honest=2, copycat, sybil=2,late=0") == ["honest", "honest", "copycat", "sybil", "sybil"]
-    for bad, words in [("honest=x", "integer"), ("lazy=1", "unknown behaviour"), ("honest=-1", ">= 0"),
+    for bad, words in [("honest=x", "integer"), ("idle=1", "unknown behaviour"), ("honest=-1", ">= 0"),
                        ("", "no peers")]:
         with pytest.raises(ValueError, match=words):
             parse_mix(bad)
@@ -128,7 +128,7 @@ def test_init_checks_its_arguments(tmp_path: Path, data_paths) -> None:
     with pytest.raises(ValueError, match="3 behaviours given for 4 peers"):
         init_network(tmp_path / "a", peers=4, behaviours=["honest"] * 3, **data_paths)
     with pytest.raises(ValueError, match="unknown behaviours"):
-        init_network(tmp_path / "b", behaviours=["honest", "lazy"], **data_paths)
+        init_network(tmp_path / "b", behaviours=["honest", "idle"], **data_paths)
     with pytest.raises(FileNotFoundError, match="no manifest"):
         load_network(tmp_path / "nothing")
 

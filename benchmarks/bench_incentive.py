@@ -1,0 +1,148 @@
+"""Who gets paid, measured (issue 10): long local-network runs under the `default` and `paper` presets.
+
+One run = one local network of the `tiny` model (MIX: 8 peers doing honest work at three effort
+levels, 5 hostile = 38 %), `windows` windows of miners, the direct validator after each ready
+window. The same seeds run under both presets. Per run it records every window's weights, every
+evaluated peer's (s, r_own, b) from the audit `scores` table, and, on the same submissions, the
+model each alternative aggregation rule would have reached (`shadow.py`).
+
+Figures (flat keys; `*_paper` for the paper preset): see `incentive_figures`. Written to
+benchmarks/results/incentive.json and the chart incentive.png. `--quick` (CI smoke) runs 3 windows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+MIX = (["honest"] * 5 + ["lazy", "diligent", "scaled"]
+       + ["alie", "ipm", "sandbagger", "replayer", "data_ignorer"])
+WORK = {"lazy": 0.5, "honest": 1.0, "diligent": 2.0}
+"""Work per behaviour for the monotonicity figure (pages trained, relative to honest)."""
+DATA_CHEATS = ("data_ignorer", "replayer", "copycat", "copycat_noisy")
+"""Behaviours whose update is not from their own pages: the own-data test should give them b = -1."""
+OVERRIDES = {"data": {"rows_per_page": 4}, "filter": {"put_window_s": 0.5}}
+"""Fewer rows per page than local.toml (3 batches a peer, not 11): a window costs ~1/4 as much."""
+FULL = {"windows": 30, "seeds": (0,), "warmup": 5}
+QUICK = {"windows": 3, "seeds": (0,), "warmup": 1}
+PRESETS = ("default", "paper")
+LOSS_EVERY = 5
+PARTIAL = Path(tempfile.gettempdir()) / "gauntlet-bench-incentive"
+"""Each run's records, rewritten after every window (`--from-partial` makes figures of them)."""
+MARGINS = [round(0.05 * i, 2) for i in range(-4, 21)]
+
+
+def run_one(preset: str, seed: int, windows: int, data_dir: str, partial: str | None = None) -> dict:
+    """One network, one preset: the per-window records (JSON-able), also written to `partial`
+    after every validated window (so an interrupted run still leaves its windows)."""
+    import torch
+
+    torch.set_num_threads(1)
+    from benchmarks.shadow import Shadows
+    from gauntlet.audit.store import AuditStore
+    from gauntlet.localnet.network import init_network
+    from gauntlet.localnet.simulate import open_miners, run_network
+    from gauntlet.ratings import ValidatorState
+    from gauntlet.window.pipeline import Direct, validate_window
+
+    with tempfile.TemporaryDirectory(prefix=f"bench-incentive-{preset}-{seed}-") as tmp:
+        net = init_network(Path(tmp) / "net", behaviours=MIX, seed=seed, corpus=Path(data_dir) / "corpus",
+                           tokenizer=Path(data_dir) / "tokenizer", overrides={"preset": preset, **OVERRIDES})
+        cfg, state, weights, seconds = net.config, [ValidatorState()], {}, []
+        miners = open_miners(net)
+        shadows = Shadows(miners, [p.uid for p in net.peers if p.behaviour == "honest"],
+                          f=sum(p.uid not in net.honest_work for p in net.peers))
+
+        miner_seconds: list[float] = []
+        loss: dict[str, float] = {}
+
+        def record(with_loss: bool = True) -> dict:
+            if with_loss:  # held-out loss of 10 models: every LOSS_EVERY windows in the partial file
+                loss.update(shadows.losses(), windows=len(weights))
+            scores = AuditStore(cfg.audit.root).read("scores")
+            return {"preset": preset, "seed": seed, "behaviour": {p.uid: p.behaviour for p in net.peers},
+                "honest_work": net.honest_work, "weights": weights,
+                "scores": [{"window": int(r["window_id"]), "uid": int(r["uid"]), "s": r["gradient_score"],
+                            "r_own": r["own_improvement"], "b": r["indicator"]} for r in scores.to_dicts()],
+                "loss": dict(loss), "own_margin": cfg.uniqueness.own_margin, "power": cfg.weights.power,
+                "seconds_validate": seconds, "seconds_miners": miner_seconds}
+
+        def validate(window: int) -> None:
+            start = time.perf_counter()
+            result = validate_window(Direct(), cfg, window, state=state[0])
+            state[0] = result.rated.state
+            weights[window] = {int(u): float(w) for u, w in result.rated.weights.items()}
+            seconds.append(time.perf_counter() - start)
+            if partial:
+                Path(partial).write_text(json.dumps(record(not loss or len(weights) % LOSS_EVERY == 0), default=_jsonable))
+
+        def on_report(report) -> None:
+            miner_seconds.append(report.seconds.get("total", 0.0))
+            shadows.step(report)
+
+        run_network(net, windows, validate, miners=miners, on_report=on_report)
+        return record()
+
+
+def _prepare_data(root: Path) -> str:
+    from gauntlet.prepare import prepare
+
+    prepare(None, root / "corpus", root / "tokenizer")
+    return str(root)
+
+
+def run_all(mode: dict, jobs: int = 2) -> list[dict]:
+    """Every (preset, seed) run, `jobs` processes at a time (one torch thread each)."""
+    with tempfile.TemporaryDirectory(prefix="bench-incentive-data-") as tmp:
+        data = _prepare_data(Path(tmp))
+        PARTIAL.mkdir(parents=True, exist_ok=True)
+        tasks = [(p, s, mode["windows"], data, str(PARTIAL / f"{p}-{s}.json")) for s in mode["seeds"] for p in PRESETS]
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+            return list(pool.map(run_one, *zip(*tasks)))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from benchmarks.incentive_figures import chart, figures
+
+    argv = sys.argv[1:] if argv is None else argv
+    quick = "--quick" in argv
+    mode = QUICK if quick else FULL
+    start = time.perf_counter()
+    if "--from-partial" in argv:  # the figures of an interrupted run, from its per-window records
+        runs = [json.loads(p.read_text()) for p in sorted(PARTIAL.glob("*.json"))]
+        mode = {**mode, "windows": min(len(r["weights"]) for r in runs)}
+    elif "--from-runs" in argv:  # the figures again (new figures code) from a finished run's records
+        runs = json.loads((HERE / "results" / ("incentive_quick_runs.json" if quick else "incentive_runs.json")).read_text())
+    else:
+        runs = run_all(mode)
+    out = figures(runs, mode["warmup"])
+    out.update({"mode": "quick" if quick else "full", "windows": mode["windows"], "seeds": list(mode["seeds"]),
+                "windows_validated": min(len(r["weights"]) for r in runs),
+                "peers": len(MIX), "mix": MIX, "seconds_total": round(time.perf_counter() - start, 1)})
+    if "--from-runs" in argv:  # the run's own duration, not this recomputation's
+        previous = HERE / "results" / ("incentive_quick.json" if quick else "incentive.json")
+        out["seconds_total"] = json.loads(previous.read_text()).get("seconds_total") if previous.is_file() else None
+    results = HERE / "results"
+    results.mkdir(exist_ok=True)
+    name = "incentive_quick" if quick else "incentive"
+    (results / f"{name}.json").write_text(json.dumps(out, indent=2, default=_jsonable) + "\n")
+    (results / f"{name}_runs.json").write_text(json.dumps(runs, default=_jsonable) + "\n")
+    chart(runs, results / f"{name}.png")
+    return out
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(), indent=2, default=_jsonable))
