@@ -64,7 +64,8 @@ PAPER = {
     ("schedule", "min_lr"): 4e-5,
 }
 OURS = {("scoring", "policy"): "all", ("scoring", "seed_source"): "chain",
-        ("scoring", "shared_random_batches"): True, ("uniqueness", "own_margin"): 0.2}
+        ("scoring", "shared_random_batches"): True, ("uniqueness", "own_margin"): 0.2,
+        ("weights", "power"): 1.0}
 
 
 @pytest.mark.parametrize(("key", "value"), PAPER.items(), ids=[".".join(k) for k in PAPER])
@@ -162,7 +163,7 @@ def test_local_network_config_ships_in_the_package():
 def test_resolved_config_round_trips_and_overrides_copy():
     cfg = load_config()
     assert GauntletConfig.model_validate_json(cfg.to_json()) == cfg
-    assert with_overrides(cfg, ["weights.power=1"]).weights.power == 1.0 and cfg.weights.power == 2.0
+    assert with_overrides(cfg, ["weights.power=3"]).weights.power == 3.0 and cfg.weights.power == 1.0
 
 
 def test_explain_lists_every_field_with_its_docstring():
