@@ -91,7 +91,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "peers, then print who got paid and why, the validation loss and a chart. A network "
                        "already in --network is kept under a dated name, or continued with --resume.")
     p.add_argument("--windows", type=int, default=10, help="windows to mine and validate (default 10)")
-    p.add_argument("--peers", type=int, default=21, help="peers in the default mix (21: every hostile kind)")
+    p.add_argument("--peers", type=int, default=27, help="peers in the default mix (27: every hostile kind)")
     p.add_argument("--network", default="data/localnet", help="the network folder (default data/localnet)")
     p.add_argument("--resume", action="store_true", help="continue the network in --network instead of a new one")
     p.set_defaults(func=_demo)

@@ -172,7 +172,7 @@ def finish_report(net: Network, progress: Progress) -> tuple[str, str, Path]:
 
 
 @flow(name="localnet", log_prints=True)
-def localnet(windows: int = 10, peers: int = 21, network: str = "data/localnet", fresh: bool = True) -> str:
+def localnet(windows: int = 10, peers: int = 27, network: str = "data/localnet", fresh: bool = True) -> str:
     """Mine and validate `windows` windows; a network already in `network` is kept under a dated
     name when `fresh`, else continued. Returns the report's text."""
     if windows < 1:
