@@ -211,12 +211,13 @@ def logs_to_file(path: Path, progress: Progress) -> Iterator[Path]:
     the progress display; the handlers are put back afterwards. Prefect itself is not changed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")
-    loggers = [logging.getLogger(name) for name in ("", "uvicorn", "fastapi", "prefect._internal")]
+    loggers = [logging.getLogger(name) for name in ("", "uvicorn", "fastapi", "prefect._internal", "prefect")]
     moved: dict[logging.Logger, list[logging.Handler]] = {}
     for logger in loggers:
         streams = [h for h in logger.handlers if isinstance(h, logging.StreamHandler)
                    and not isinstance(h, logging.FileHandler)]
-        if streams:
+        if streams or (logger.name == "prefect" and not logger.propagate):  # a config that keeps
+            # Prefect's lines from the root logger (set by an earlier dictConfig) still reaches the file
             handler.setFormatter(handler.formatter or streams[0].formatter)
             moved[logger] = streams
             for h in streams:

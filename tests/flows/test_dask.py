@@ -66,7 +66,7 @@ def test_dask_scores_exactly_as_the_thread_pool(network, cluster):
     assert dask["weights"] == threads["weights"] and dask["gather"] == threads["gather"]
 
     # The chunks ran on the two worker processes, not in this one.
-    chunks = [task for task in stream.data if task["key"].startswith("evaluate")]
+    chunks = list(stream.data)  # only the evaluate chunks are submitted; every other stage is a direct call
     assert len(chunks) == math.ceil(scored / CHUNK), [task["key"] for task in stream.data]
     assert all(task["status"] == "OK" for task in chunks)
     pids = client.run(os.getpid)  # worker address -> pid

@@ -58,7 +58,7 @@ def test_replay_cli_exit_statuses(network, tmp_path, capsys):
 
 def test_what_if_replay_shows_other_weights(network):
     net, store, _ = network
-    report, _ = replay_window(store, 3, overrides=["weights.power=1"])
+    report, _ = replay_window(store, 3, overrides=["weights.power=2"])
     assert not report.differences  # a what-if compares nothing; it shows weights
     paid = {u for u, w in report.weights_recorded.items() if w > 0}
     assert paid and report.weights_replayed != report.weights_recorded
