@@ -87,12 +87,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_replay)
 
 
-def _status(args: argparse.Namespace) -> int:
+def _config_path(args: argparse.Namespace) -> tuple[Path, str | None]:
+    """The config a `--config FILE` / `--network FOLDER` pair names, and what is wrong with it."""
     path = Path(args.config) if args.config else Path(args.network) / "config.toml"
-    if not path.is_file():
-        what = (f"config file {path} does not exist" if args.config
-                else f"{args.network} holds no network ({path} is missing)")
-        return _fail(f"{what}; give --config FILE (a validator's TOML) or --network FOLDER", "status")
+    if path.is_file():
+        return path, None
+    what = f"config file {path} does not exist" if args.config else f"{args.network} holds no network ({path} is missing)"
+    return path, f"{what}; give --config FILE (a validator's TOML) or --network FOLDER"
+
+
+def _source_arguments(p: argparse.ArgumentParser, config_help: str) -> None:
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--config", help=config_help)
+    source.add_argument("--network", default="data/localnet",
+                        help="a local network folder, read through its config.toml (default: %(default)s)")
+    p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override a setting (repeatable)")
+
+
+def _status(args: argparse.Namespace) -> int:
+    path, problem = _config_path(args)
+    if problem:
+        return _fail(problem, "status")
     from gauntlet.config import load_config
     from gauntlet.status import run_status
 
@@ -107,20 +122,16 @@ def register_status(sub: argparse._SubParsersAction) -> None:
         "One screen on a validator: the chain's window, the last window validated and the lag, the last "
         "weights and the chain's answer, failed windows, peers by verdict. Reads the chain and the audit "
         "tables only. Exit status 0 when at most validator.max_lag_windows behind, else 1."))
-    source = p.add_mutually_exclusive_group()
-    source.add_argument("--config", help="a validator's TOML config file")
-    source.add_argument("--network", default="data/localnet",
-                        help="a local network folder, read through its config.toml (default: %(default)s)")
-    p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override a setting (repeatable)")
+    _source_arguments(p, "a validator's TOML config file")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--last", type=int, default=10, help="recent windows to summarise (default: %(default)s)")
     p.set_defaults(func=_status)
 
 
 def _join(args: argparse.Namespace) -> int:
-    path = Path(args.config) if args.config else Path(args.network) / "config.toml"
-    if not path.is_file():
-        return _fail(f"config file {path} does not exist; give --config FILE or --network FOLDER", "join")
+    path, problem = _config_path(args)
+    if problem:
+        return _fail(problem, "join")
     from gauntlet.config import load_config
     from gauntlet.identity import with_identity
     from gauntlet.join import JoinError, join
@@ -141,11 +152,8 @@ def register_join(sub: argparse._SubParsersAction) -> None:
         "Start a validator at window W of a running network: fetch the checkpoint theta_W and the state W "
         "starts from, as published by a validator you trust, check the checkpoint's hash against its "
         "published record, and keep both in this validator's workdir."))
-    source = p.add_mutually_exclusive_group()
-    source.add_argument("--config", help="this validator's TOML config file")
-    source.add_argument("--network", default="data/localnet", help="a local network folder (default: %(default)s)")
+    _source_arguments(p, "this validator's TOML config file")
     p.add_argument("--window", type=int, required=True, help="the first window this validator will validate")
     p.add_argument("--from", dest="source", required=True, metavar="HOTKEY",
                    help="hotkey of the validator to take the checkpoint and state from")
-    p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override a setting (repeatable)")
     p.set_defaults(func=_join)
