@@ -26,6 +26,12 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import (BaseSettings, EnvSettingsSource, InitSettingsSource, PydanticBaseSettingsSource,
                                SettingsConfigDict, SettingsError, TomlConfigSettingsSource)
 
+from gauntlet.config_sections import (  # noqa: F401 - the sections are part of this module's API
+    _Section, ChainConfig, DataConfig, ModelConfig, CodecConfig, FilterConfig, ScoringConfig, ScreeningConfig,
+    UniquenessConfig, RatingConfig, PenaltyConfig, WeightConfig, AggregationConfig, ScheduleConfig,
+    StorageConfig, AuditConfig, RetentionConfig, ScaleoutConfig, ValidatorConfig, RulesConfig,
+)
+
 PRESETS = ("paper", "default", "templar-2026")
 ENV_PREFIX = "GAUNTLET_"
 PRESET_DIR = Path(__file__).with_name("presets")
@@ -35,13 +41,6 @@ LOCAL_CONFIG = PRESET_DIR / "local.toml"
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field and how to fix it."""
-
-
-from gauntlet.config_sections import (  # noqa: F401 - the sections are part of this module's API
-    _Section, ChainConfig, DataConfig, ModelConfig, CodecConfig, FilterConfig, ScoringConfig, ScreeningConfig,
-    UniquenessConfig, RatingConfig, PenaltyConfig, WeightConfig, AggregationConfig, ScheduleConfig,
-    StorageConfig, AuditConfig, RetentionConfig, ScaleoutConfig, ValidatorConfig, RulesConfig,
-)
 
 
 class GauntletConfig(_Section):
