@@ -260,13 +260,7 @@ class DCTCodec:
         such files are refused.
         """
         lay = self.layout(shape)
-        idx, vals, scale = _check_sparse(idx, vals, lay, per_peer=False)
-        flat = _positions(idx, lay, per_peer=False).flatten()  # (P*C*k,)
-        sums = torch.zeros(lay.shape, dtype=torch.float32, device=idx.device)
-        sums.view(-1).index_add_(0, flat, vals.flatten())
-        counts = torch.zeros(lay.shape, dtype=torch.float32, device=idx.device)
-        counts.view(-1).index_add_(0, flat, torch.ones_like(flat, dtype=torch.float32))
-        sums.div_(counts.clamp_min_(1.0))  # (*shape): the per-index mean, zero where none chose
+        sums, scale = scatter_mean(idx, vals, lay)  # (*shape): the per-index mean, zero where none chose
         out = _transform(sums.unsqueeze(0), lay, inverse=True, scratch=True)[0]
         return out if scale is None else out.mul_(scale)
 
@@ -278,6 +272,19 @@ class DCTCodec:
         if missing:
             raise ValueError(f"no shape given for compressed tensors {missing}")
         return {name: self.decode(idx, vals, shapes[name]) for name, (idx, vals) in c.items()}
+
+
+def scatter_mean(idx: Tensor, vals: Tensor, lay: Layout) -> tuple[Tensor, Tensor | None]:
+    """idx, vals (P, C, k) -> (the per-position mean over the peers that chose it, in the layout's
+    chunked shape; the common scale to multiply it by, or None). One scatter for all peers; a
+    position nobody chose stays zero. Shared by every codec's `decode_mean`."""
+    idx, vals, scale = _check_sparse(idx, vals, lay, per_peer=False)
+    flat = _positions(idx, lay, per_peer=False).flatten()  # (P*C*k,)
+    sums = torch.zeros(lay.shape, dtype=torch.float32, device=idx.device)
+    sums.view(-1).index_add_(0, flat, vals.flatten())
+    counts = torch.zeros(lay.shape, dtype=torch.float32, device=idx.device)
+    counts.view(-1).index_add_(0, flat, torch.ones_like(flat, dtype=torch.float32))
+    return sums.div_(counts.clamp_min_(1.0)), scale
 
 
 def _check_sparse(idx: Tensor, vals: Tensor, lay: Layout, per_peer: bool) -> tuple[Tensor, Tensor, Tensor | None]:

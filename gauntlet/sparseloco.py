@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from gauntlet.codec import Layout, _check_sparse, _positions, _to_chunks, _topk_canonical, layout
+from gauntlet.codec import Layout, _check_sparse, _positions, _to_chunks, _topk_canonical, layout, scatter_mean
 
 KIND = "sparseloco"
 INDEX_BITS = 12
@@ -230,14 +230,7 @@ class SparseLoCoCodec:
 
     def decode_mean(self, idx: Tensor, vals: Tensor, shape: Sequence[int]) -> Tensor:
         """idx, vals (P, C, k) -> (*shape): per position, the mean over the peers that chose it."""
-        lay = self.layout(shape)
-        idx, vals, scale = _check_sparse(idx, vals, lay, per_peer=False)
-        flat = _positions(idx, lay, per_peer=False).flatten()  # (P*C*k,)
-        sums = torch.zeros(lay.shape, dtype=torch.float32, device=idx.device)
-        sums.view(-1).index_add_(0, flat, vals.flatten())
-        counts = torch.zeros(lay.shape, dtype=torch.float32, device=idx.device)
-        counts.view(-1).index_add_(0, flat, torch.ones_like(flat, dtype=torch.float32))
-        sums.div_(counts.clamp_min_(1.0))
+        sums, scale = scatter_mean(idx, vals, self.layout(shape))
         return sums if scale is None else sums.mul_(scale)
 
     def encode_all(self, tensors: Mapping[str, Tensor]) -> dict[str, tuple[Tensor, Tensor]]:
