@@ -25,6 +25,7 @@ from pathlib import Path
 
 from benchmarks.bench_incentive import DATA_CHEATS, MARGINS, WORK
 from benchmarks.aggregators import RULES
+from gauntlet.screening import mean_ranks
 
 EXCLUDED = 0.01
 
@@ -72,20 +73,8 @@ def _uids(run: dict, *names: str) -> list[int]:
 
 
 def spearman(x: list[float], y: list[float]) -> float:
-    def ranks(v: list[float]) -> list[float]:
-        order = sorted(range(len(v)), key=v.__getitem__)
-        r = [0.0] * len(v)
-        i = 0
-        while i < len(v):
-            j = i
-            while j + 1 < len(v) and v[order[j + 1]] == v[order[i]]:
-                j += 1
-            for k in range(i, j + 1):
-                r[order[k]] = (i + j) / 2
-            i = j + 1
-        return r
-
-    rx, ry = ranks(x), ranks(y)
+    """Rank correlation (ties share their mean rank); 0.0 when either side is constant."""
+    rx, ry = mean_ranks(x), mean_ranks(y)
     mx, my = statistics.fmean(rx), statistics.fmean(ry)
     cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
     den = (sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry)) ** 0.5

@@ -170,7 +170,8 @@ def calibrated(estimates: Mapping[int, float], exact: Mapping[int, float]) -> di
 # How well two scorings of the same peers agree (the benchmark's figures; a window could record
 # them on its exactly scored peers as a health signal of the estimate).
 
-def _ranks(values: list[float]) -> list[float]:
+def mean_ranks(values: list[float]) -> list[float]:
+    """The rank of each value, ties sharing their mean rank (Spearman's convention)."""
     order = sorted(range(len(values)), key=values.__getitem__)
     ranks = [0.0] * len(values)
     i = 0
@@ -189,7 +190,7 @@ def spearman(a: Mapping[int, float], b: Mapping[int, float]) -> float:
     if set(a) != set(b) or len(a) < 2:
         raise ValueError(f"spearman needs the same peers (at least two) on both sides, got {len(a)} and {len(b)}")
     uids = sorted(a)
-    ra, rb = _ranks([a[u] for u in uids]), _ranks([b[u] for u in uids])
+    ra, rb = mean_ranks([a[u] for u in uids]), mean_ranks([b[u] for u in uids])
     return statistics.correlation(ra, rb)
 
 
