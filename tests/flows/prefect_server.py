@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prefect.client.base import PrefectHttpxSyncClient
 
 ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_S = 90.0
@@ -85,7 +86,10 @@ class PrefectServer:
         return {**base_env(self.home), "PREFECT_API_URL": self.url, **extra}
 
     def api(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30.0)
+        """Prefect's own HTTP client: it retries 503 (SQLite's "database is locked" while the runner
+        writes a burst of events) with back-off, as every Prefect process does; it leaves the
+        status checks to the test."""
+        return PrefectHttpxSyncClient(base_url=self.url, timeout=30.0, raise_on_all_errors=False)
 
 
 def wait_until(check, timeout_s: float, what: str, proc: subprocess.Popen, log: Path, every_s: float = 0.5):
