@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from prefect.client.orchestration import get_client
 
-from flows.follow import WINDOW_LOCK
 from gauntlet.config import GauntletConfig
-from tasks.limits import BUCKET_READS, read_limit
+from tasks.limits import BUCKET_READS, WINDOW_LOCK, read_limit
 
 LIMITS: dict[str, int] = {WINDOW_LOCK: 1}
 """Name -> slots: one window validated at a time across every deployment."""

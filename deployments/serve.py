@@ -11,9 +11,9 @@
 
 One window at a time: `follow-chain/validator` queues a second run behind the first (ENQUEUE);
 a scheduled or rerun trigger that arrives while one of its deployment's runs is active is
-cancelled (CANCEL_NEW); and every follow-chain run validates under one global slot
-(`flows.follow.WINDOW_LOCK`, created by `deployments.limits`), so two deployments never
-validate the same window at once.
+cancelled (CANCEL_NEW); and every follow-chain run, and every rerun, validates under one
+global slot (`tasks.limits.WINDOW_LOCK`, created by `deployments.limits`), so two deployments
+never validate a window at the same time.
 
 Parameters are validated by Prefect against the flows' signatures before a run starts.
 `prefect.yaml` beside this file declares the same deployments for `prefect deploy` + a worker.

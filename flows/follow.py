@@ -11,13 +11,10 @@ flow (torch, the model, Dask) is imported the first time there is a window to va
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.concurrency.sync import concurrency
 
 from gauntlet.audit.store import AuditStore
 from gauntlet.chain import Chain, open_chain
@@ -25,15 +22,9 @@ from gauntlet.clock import closed_window
 from gauntlet.config import GauntletConfig, load_config
 from gauntlet.retention import prune
 from gauntlet.status import collect, render
+from tasks.limits import window_lock
 from tasks.secrets import secrets_to_env
 
-WINDOW_LOCK = "gauntlet-validate-window"
-"""Global concurrency limit (one slot) held while a window is validated. Deployment limits
-only stop runs of the same deployment overlapping; this one also keeps `follow-chain/validator`
-and `follow-chain/scheduled` from validating the same window at once (`deployments.limits`
-creates it; without it, as in tests on a bare API, the lock is skipped with a warning)."""
-LOCK_LEASE_S = 600.0
-"""Lease of the slot, renewed while the window runs; a crashed holder frees it after this."""
 
 
 def light_config(config: str | None, network: str | None, overrides: list[str] | None) -> GauntletConfig:
@@ -52,16 +43,10 @@ def next_window(store: AuditStore, ready: int, start_window: int, catch_up: int)
     return max(start_window, ready - catch_up)
 
 
-@contextmanager
-def window_lock() -> Iterator[None]:
-    """Hold the one validation slot: a second trigger waits here, then finds the window done."""
-    with concurrency(WINDOW_LOCK, occupy=1, lease_duration=LOCK_LEASE_S, strict=False):
-        yield
-
-
 def validate_one(cfg: GauntletConfig, chain: Chain, window: int, config: str | None, network: str | None,
                  overrides: list[str] | None) -> bool:
-    """Validate `window` under the lock; False if another run validated it while this one waited."""
+    """Validate `window` under the lock (`tasks.limits.WINDOW_LOCK`); False if another run
+    validated it while this one waited. The window flow, a subflow here, leaves the lock to us."""
     with window_lock():
         if AuditStore(cfg.audit.root).has_window(window):
             return False

@@ -18,6 +18,8 @@ from gauntlet.config import GauntletConfig, load_config
 from gauntlet.identity import with_identity
 from gauntlet.window.pipeline import already_validated, validate_window as run_window
 from tasks import events, report
+from tasks.limits import window_lock
+from tasks.secrets import secrets_to_env
 from tasks.window import PrefectStages
 
 
@@ -34,12 +36,31 @@ def _runs_in_parallel() -> bool:
     return isinstance(FlowRunContext.get().task_runner, DaskTaskRunner)
 
 
+def _started_on_its_own() -> bool:
+    """A run of its own (the `rerun` deployment, the UI, the CLI), not `follow-chain`'s subflow,
+    which already holds the window lock (taking it again would wait on ourselves)."""
+    return FlowRunContext.get().flow_run.parent_task_run_id is None
+
+
 @flow(name="validate-window", flow_run_name="window-{window}", log_prints=True)
 def validate_window(window: int, config: str | None = None, network: str | None = None,
                     rerun: bool = False, force_weights: bool = False, overrides: list[str] | None = None) -> dict:
     """Validate one closed training window; a window already in the audit tables is skipped
     unless `rerun` (then its rows are replaced and weights are set again only if `force_weights`).
-    `overrides` are `section.field=value` settings on top of the config (e.g. scoring.device=cuda)."""
+    `overrides` are `section.field=value` settings on top of the config (e.g. scoring.device=cuda).
+    Started on its own, it reads the wallet's Secret blocks and waits for the one window slot
+    (`tasks.limits.WINDOW_LOCK`), as `follow-chain` does for its subflows."""
+    if _started_on_its_own():
+        filled = secrets_to_env()
+        if filled:
+            get_run_logger().info("settings from Secret blocks: %s", ", ".join(filled))
+        with window_lock():
+            return _validate(window, config, network, rerun, force_weights, overrides)
+    return _validate(window, config, network, rerun, force_weights, overrides)
+
+
+def _validate(window: int, config: str | None, network: str | None, rerun: bool, force_weights: bool,
+              overrides: list[str] | None) -> dict:
     cfg = resolve_config(config, network, overrides)
     if already_validated(cfg, window) and not rerun:
         get_run_logger().info("window %s is already validated; pass rerun=True to recompute it", window)

@@ -1,4 +1,9 @@
-"""Bucket reads through one global rate limit on the Prefect server.
+"""The Prefect server's global limits: one window validated at a time, and bucket reads at a rate.
+
+`WINDOW_LOCK` (one slot) is held while a window is validated: by `follow-chain` around each
+window, and by a `validate-window` run started on its own (the `rerun` deployment, the UI's Run
+button, the CLI). Deployment limits only stop runs of the same deployment overlapping; this one
+also keeps a rerun from restoring or writing a window's state while a follow run validates one.
 
 The fetch stage (`gauntlet.window.fetch`) takes an optional `before_read` hook; the flows pass
 `bucket_read_gate(cfg)`, which takes one slot of the decaying global concurrency limit
@@ -11,13 +16,27 @@ non-strict mode), so a flow on Prefect's ephemeral API (the local demo) still ru
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
-from prefect.concurrency.sync import rate_limit
+from prefect.concurrency.sync import concurrency, rate_limit
 
 from gauntlet.config import GauntletConfig
 
 BUCKET_READS = "gauntlet-bucket-reads"
+WINDOW_LOCK = "gauntlet-validate-window"
+"""Global concurrency limit (one slot) held while a window is validated (`deployments.limits`
+creates it; without it, as in tests on a bare API, the lock is skipped with a warning)."""
+LOCK_LEASE_S = 600.0
+"""Lease of the slot, renewed while the window runs; a crashed holder frees it after this."""
+
+
+@contextmanager
+def window_lock() -> Iterator[None]:
+    """Hold the one validation slot: a second trigger waits here, then finds the window done."""
+    with concurrency(WINDOW_LOCK, occupy=1, lease_duration=LOCK_LEASE_S, strict=False):
+        yield
 
 
 def read_limit(cfg: GauntletConfig) -> tuple[int, float] | None:

@@ -9,7 +9,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from deployments.automations import FAILED_RUN, MISSING_WINDOW, apply, definitions
 from deployments.limits import ensure_limits
-from flows.follow import WINDOW_LOCK
+from tasks.limits import WINDOW_LOCK
 from gauntlet.config import load_config
 from tests.flows.prefect_server import PrefectServer
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-import pytest
+import threading
 
+import pytest
+from prefect.client.orchestration import get_client
+
+from deployments.limits import ensure_limits
 from flows.validate import validate_window
 from gauntlet.audit.store import AuditStore
 from gauntlet.localnet.simulate import run_network
 from gauntlet.verdicts import Reason
+from tasks.limits import WINDOW_LOCK, window_lock
 from tests.flows.conftest import make_network
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -63,6 +68,24 @@ def test_rerun_is_idempotent(validated):
     for table, frame in before.items():
         assert store.read(table, window_id=window).equals(frame), table
     assert len(net.chain.weights_history(hotkey=net.config.validator.hotkey)) == chain_before
+
+
+def test_a_run_of_its_own_waits_for_the_window_slot(validated):
+    """A rerun from the UI (a top-level run) waits while a follow run holds the one window slot."""
+    net, done = validated
+    ensure_limits({WINDOW_LOCK: 1})
+    try:
+        out: dict = {}
+        thread = threading.Thread(target=lambda: out.update(validate_window(window=done[-1], network=str(net.folder))))
+        with window_lock():  # as `follow-chain` holds it around a window
+            thread.start()
+            thread.join(5.0)
+            assert thread.is_alive() and not out, out  # still waiting: it did not even look at the window
+        thread.join(120.0)
+        assert out["skipped"], out
+    finally:  # the rest of the session runs without the limit, as on a bare API
+        with get_client(sync_client=True) as client:
+            client.delete_global_concurrency_limit_by_name(WINDOW_LOCK)
 
 
 def test_replay_flow_reproduces_a_flow_validated_window(validated):
