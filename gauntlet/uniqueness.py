@@ -20,7 +20,9 @@ matrix products, which a GPU's matrix units do fast and a CPU does well enough f
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +45,87 @@ def indicator(r_own: float, s: float, margin: float = 0.0) -> int:
     honest updates, measured at 1.3-2.3x s, keep b = +1. NaN gives -1.
     """
     return 1 if r_own > s + margin * abs(s) else -1
+
+
+@dataclass(frozen=True)
+class OwnTest:
+    """What the sequential own-data test saw and decided for one peer (the audit records it)."""
+
+    indicator: int
+    """+1, -1, or 0: still undecided at `own_max_batches` (B then decays toward 0)."""
+    own_batches: int
+    """Own batches the decision used: the sampled ones plus those drawn because it was close."""
+    difference: float
+    """mean own per-batch improvement - mean random one - margin * |s|; > 0 speaks for own data."""
+    std_error: float
+    """Its standard error (Welch, each side's variance floored; see `own_statistic`)."""
+
+    @property
+    def statistic(self) -> float:
+        return self.difference / self.std_error if self.std_error > 0 else math.copysign(math.inf, self.difference)
+
+
+def _mean_var(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and unbiased sample variance (0 for a single value: the floor then decides)."""
+    mean = math.fsum(values) / len(values)
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1)
+
+
+def own_statistic(own: Sequence[float], rand: Sequence[float], s: float, margin: float,
+                  sd_floor: float) -> tuple[float, float]:
+    """(difference, standard error) of per-batch relative improvements, own minus random.
+
+    Welch's standard error, sqrt(var_own / n_own + var_rand / n_rand), but each side's per-batch
+    standard deviation is at least `sd_floor * |s|`: from 1-3 batches a sample variance is often
+    near 0 by chance (two batches that happen to agree), which would make any difference look
+    certain. The floor is relative because per-batch improvements scale with the step's overall
+    effect |s| (see benchmarks/bench_own_test.py for the measured spread).
+    """
+    if not own or not rand:
+        raise ValueError(f"the own-data test needs own and random batches, got {len(own)} and {len(rand)}")
+    mean_own, var_own = _mean_var(own)
+    mean_rand, var_rand = _mean_var(rand)
+    floor = (sd_floor * abs(s)) ** 2
+    se = math.sqrt(max(var_own, floor) / len(own) + max(var_rand, floor) / len(rand))
+    return mean_own - mean_rand - margin * abs(s), se
+
+
+def sequential_own_test(own: Sequence[float], rand: Sequence[float], s: float, draw: Callable[[], float | None], *,
+                        margin: float, z: float, sd_floor: float, max_batches: int,
+                        undecided: str = "zero") -> OwnTest:
+    """b from per-batch improvements with a confidence bound, drawing more own batches while close.
+
+    `own` and `rand` are the per-batch relative improvements (loss before - after) / before of
+    the sampled own and random batches; `s` is the peer's gradient score. b = +1 once the lower
+    bound `difference - z * se` is above 0, -1 once the upper bound is below 0; in between,
+    `draw()` gives the improvement on one more of the peer's own batches (None: none left) until
+    `max_batches` own batches are used. Still undecided: b = 0 (`undecided = "zero"`) or the sign
+    of the difference (`"sign"`). Deterministic given the same inputs and the same draws.
+    """
+    if undecided not in ("zero", "sign"):
+        raise ValueError(f"undecided must be 'zero' or 'sign', got {undecided!r}")
+    own = list(own)
+    while True:
+        difference, se = own_statistic(own, rand, s, margin, sd_floor)
+        if not (math.isfinite(difference) and math.isfinite(se)):
+            return OwnTest(-1, len(own), difference, se)  # a NaN loss never earns +1
+        if difference - z * se > 0 or difference + z * se < 0:
+            return OwnTest(1 if difference > 0 else -1, len(own), difference, se)
+        more = draw() if len(own) < max_batches else None
+        if more is None:
+            b = 0 if undecided == "zero" else (1 if difference > 0 else -1)
+            return OwnTest(b, len(own), difference, se)
+        own.append(more)
+
+
+def draw_order(n: int, seed: int) -> list[int]:
+    """0..n-1 in the fixed order the sequential test draws a peer's unsampled own batches: by
+    blake2b(seed, i), so a replay (same window seed, same uid) draws the same batches."""
+    def key(i: int) -> bytes:
+        return hashlib.blake2b(f"gauntlet-own-extra/v1|{seed}|{i}".encode(), digest_size=16).digest()
+    return sorted(range(n), key=key)
 
 
 
