@@ -190,7 +190,7 @@ VOLATILE: dict[str, frozenset[str]] = {"windows": frozenset({"created_at", "timi
 
 ALLOWED_VALUES: dict[tuple[str, str], frozenset[object]] = {
     ("verdicts", "blame"): frozenset({"peer", "validator", "infrastructure", "none"}),
-    ("scores", "indicator"): frozenset({1, -1}),
+    ("scores", "indicator"): frozenset({1, 0, -1}),
 }
 JSON_COLUMNS: dict[tuple[str, str], type] = {
     ("windows", "config_json"): dict, ("windows", "timings_json"): dict,
