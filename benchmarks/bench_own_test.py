@@ -10,11 +10,14 @@ recorded numbers, so they are compared on identical inputs:
 - margin: `uniqueness.indicator(r_own, s, 0.2)` on the sampled batches' token-weighted means (the
   PeerLosses the validator recorded; the bench checks it recomputes them bit for bit);
 - sequential: `uniqueness.sequential_own_test` on the sampled batches, drawing the recorded extra
-  batches in order while undecided, with the knobs of `SEQUENTIAL` (also a small grid, `grid`).
+  batches in order while undecided, with the knobs of `SEQUENTIAL` (also a small grid, `grid`),
+  chosen on another seed's run than the one reported (`SEED`).
 
 Flat keys: `own_test_margin_fn` / `_fp` (honest work marked -1 / data cheats marked +1),
 `own_test_sequential_fn` / `_fp`, `own_test_undecided_share` (b = 0 among all evaluations),
-`own_test_extra_batches` (mean own batches drawn beyond the sampled ones, per evaluation).
+`own_test_extra_batches` (mean own batches drawn beyond the sampled ones, per evaluation), and
+each rule's mean b per class (`own_test_<rule>_mean_b_honest` / `_cheats`): B follows it, and
+F = ordinal * max(0, B) * sync pays a data cheat only while it is positive.
 `spread` reports the measured per-batch standard deviation relative to |s| (the floor's basis).
 """
 
@@ -36,10 +39,13 @@ DATA_CHEATS = ("data_ignorer", "replayer", "copycat", "copycat_noisy")
 OVERRIDES = {"data": {"rows_per_page": 8}, "filter": {"put_window_s": 0.5}}
 """8 rows a page (local.toml: 16): about 6 own batches a peer, 3 of them sampled at rate 0.5."""
 WINDOWS, QUICK_WINDOWS = 10, 3
+SEED = 1
+"""The reported run's seed. The knobs of SEQUENTIAL were chosen on seed 0's records (the grid
+there), so the figures of seed 1 are out of sample."""
 MARGIN = 0.2
-SEQUENTIAL = {"margin": 0.0, "z": 2.0, "sd_floor": 0.5, "max_batches": 8, "undecided": "zero"}
-GRID = [{**SEQUENTIAL, "margin": m, "z": z, "sd_floor": f} for m in (0.0, 0.1, 0.2)
-        for z in (1.0, 1.5, 2.0) for f in (0.25, 0.5, 1.0)]
+SEQUENTIAL = {"margin": 0.0, "z": 2.0, "sd_floor": 0.3, "max_batches": 8, "undecided": "negative"}
+GRID = [{**SEQUENTIAL, "margin": m, "z": z, "sd_floor": f, "undecided": u} for u in ("zero", "sign", "negative")
+        for m in (0.0, 0.2) for z in (1.5, 2.0, 2.5) for f in (0.15, 0.3, 0.5)]
 
 
 def _record_window(cfg, result) -> list[dict]:
@@ -106,15 +112,32 @@ def sequential_b(row: dict, knobs: dict) -> tuple[int, int]:
     return test.indicator, test.own_batches
 
 
+def _classes(rows: list[dict], behaviour: dict[int, str]) -> tuple[list[dict], list[dict]]:
+    """(honest-work evaluations, data-cheat evaluations). A replayer's first evaluation is in
+    neither: that update is its honest work on its own pages of that window."""
+    first: dict[int, int] = {}
+    for r in rows:
+        if behaviour[r["uid"]] == "replayer":
+            first[r["uid"]] = min(first.get(r["uid"], r["window"]), r["window"])
+    honest = [r for r in rows if behaviour[r["uid"]] in HONEST_WORK]
+    cheats = [r for r in rows if behaviour[r["uid"]] in DATA_CHEATS and first.get(r["uid"]) != r["window"]]
+    return honest, cheats
+
+
 def error_rates(rows: list[dict], behaviour: dict[int, str], decide) -> dict:
-    """fn: honest work marked -1; fp: data cheats marked +1; undecided: b = 0; extra: mean extra batches."""
-    honest = [decide(r) for r in rows if behaviour[r["uid"]] in HONEST_WORK]
-    cheats = [decide(r) for r in rows if behaviour[r["uid"]] in DATA_CHEATS]
-    every = [decide(r) for r in rows]
+    """fn: honest work marked -1; fp: data cheats marked +1; undecided: b = 0 among all; extra:
+    mean extra own batches per evaluation; mean_b_*: each class's mean b (where B heads)."""
+    honest_rows, cheat_rows = _classes(rows, behaviour)
+    honest, cheats, every = ([decide(r) for r in rs] for rs in (honest_rows, cheat_rows, rows))
     return {"fn": _share([b for b, _ in honest], -1), "fp": _share([b for b, _ in cheats], 1),
             "undecided": _share([b for b, _ in every], 0),
             "extra": round(statistics.fmean(n - len(r["own"]) for (_, n), r in zip(every, rows)), 4) if rows else None,
+            "mean_b_honest": _mean([b for b, _ in honest]), "mean_b_cheats": _mean([b for b, _ in cheats]),
             "honest_n": len(honest), "cheats_n": len(cheats)}
+
+
+def _mean(values: list[int]) -> float | None:
+    return round(statistics.fmean(values), 4) if values else None
 
 
 def _share(values: list[int], target: int) -> float | None:
@@ -147,6 +170,10 @@ def figures(behaviour: dict[int, str], rows: list[dict]) -> dict:
     return {"own_test_margin_fn": margin["fn"], "own_test_margin_fp": margin["fp"],
             "own_test_sequential_fn": seq["fn"], "own_test_sequential_fp": seq["fp"],
             "own_test_undecided_share": seq["undecided"], "own_test_extra_batches": seq["extra"],
+            "own_test_margin_mean_b_honest": margin["mean_b_honest"],
+            "own_test_margin_mean_b_cheats": margin["mean_b_cheats"],
+            "own_test_sequential_mean_b_honest": seq["mean_b_honest"],
+            "own_test_sequential_mean_b_cheats": seq["mean_b_cheats"],
             "evaluations_honest_work": seq["honest_n"], "evaluations_data_cheats": seq["cheats_n"],
             "own_batches_sampled_mean": round(statistics.fmean(len(r["own"]) for r in rows), 3) if rows else None,
             "own_batches_available_mean": (round(statistics.fmean(len(r["own"]) + len(r["extra"]) for r in rows), 3)
@@ -158,9 +185,9 @@ def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     quick = "--quick" in argv
     start = time.perf_counter()
-    behaviour, rows = run_network(QUICK_WINDOWS if quick else WINDOWS)
+    behaviour, rows = run_network(QUICK_WINDOWS if quick else WINDOWS, SEED)
     out = figures(behaviour, rows)
-    out.update({"mode": "quick" if quick else "full", "mix": MIX, "seconds_total": round(time.perf_counter() - start, 1)})
+    out.update({"mode": "quick" if quick else "full", "mix": MIX, "seed": SEED, "seconds_total": round(time.perf_counter() - start, 1)})
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(out, indent=2, default=_jsonable) + "\n")
     rows_file = RESULTS.with_name(RESULTS.stem + "_rows.json")  # a list: benchmarks.run --collect skips it

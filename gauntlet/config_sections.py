@@ -161,12 +161,14 @@ class UniquenessConfig(_Section):
     (uniqueness.sequential_own_test)."""
     own_z: float = Field(2.0, gt=0)
     """Sequential test: b = +-1 once `difference -+ own_z * std_error` clears 0."""
-    own_sd_floor: float = Field(0.5, ge=0)
-    """Sequential test: each side's per-batch standard deviation is at least own_sd_floor * |s|."""
+    own_sd_floor: float = Field(0.3, ge=0)
+    """Sequential test: each side's per-batch standard deviation is at least own_sd_floor * |s|
+    (0.3: about the median spread measured in benchmarks/bench_own_test.py, 0.31 own, 0.27 random)."""
     own_max_batches: int = Field(8, ge=1)
     """Sequential test: at most this many own batches (sampled ones included) per evaluation."""
-    own_undecided: Literal["zero", "sign"] = "zero"
-    """Sequential test, still undecided at own_max_batches: b = 0 (`zero`) or the difference's sign."""
+    own_undecided: Literal["zero", "sign", "negative"] = "negative"
+    """Sequential test, still undecided at own_max_batches: b = 0 (`zero`), the difference's sign
+    (`sign`), or -1 if the difference is <= 0 and 0 if above (`negative`; uniqueness.sequential_own_test)."""
     overlap_halve: float = Field(0.4, ge=0, le=1)
     """Top-k index overlap at which the later uploader's score is halved."""
     overlap_reset: float = Field(0.5, ge=0, le=1)

@@ -2,7 +2,9 @@
 
 Two signals (GAUNTLET.md "Uniqueness"):
 - the indicator ``b = +1 if r_own > s else -1`` and its moving average ``B``: a copied, generic
-  or stale update gains nothing on the peer's own pages, so ``B`` stays near or under zero;
+  or stale update gains nothing on the peer's own pages, so ``B`` stays near or under zero. The
+  paper compares two means (`indicator`); ours (`sequential_own_test`) compares per-batch
+  improvements with a confidence bound and scores more own batches while the call is close;
 - pairwise overlap of the peers' top-k indices (from later Templar releases) and identical file
   contents. The later uploader of a pair is the one blamed: the first to publish is presumed the
   author, since anyone can read everyone's bucket once a file is up.
@@ -52,7 +54,7 @@ class OwnTest:
     """What the sequential own-data test saw and decided for one peer (the audit records it)."""
 
     indicator: int
-    """+1, -1, or 0: still undecided at `own_max_batches` (B then decays toward 0)."""
+    """+1, -1, or 0 (undecided at `own_max_batches`, not leaning against the peer: B decays toward 0)."""
     own_batches: int
     """Own batches the decision used: the sampled ones plus those drawn because it was close."""
     difference: float
@@ -92,6 +94,10 @@ def own_statistic(own: Sequence[float], rand: Sequence[float], s: float, margin:
     return mean_own - mean_rand - margin * abs(s), se
 
 
+UNDECIDED = ("zero", "sign", "negative")
+"""What `sequential_own_test` gives a peer still undecided at its cap (see there)."""
+
+
 def sequential_own_test(own: Sequence[float], rand: Sequence[float], s: float, draw: Callable[[], float | None], *,
                         margin: float, z: float, sd_floor: float, max_batches: int,
                         undecided: str = "zero") -> OwnTest:
@@ -101,11 +107,14 @@ def sequential_own_test(own: Sequence[float], rand: Sequence[float], s: float, d
     the sampled own and random batches; `s` is the peer's gradient score. b = +1 once the lower
     bound `difference - z * se` is above 0, -1 once the upper bound is below 0; in between,
     `draw()` gives the improvement on one more of the peer's own batches (None: none left) until
-    `max_batches` own batches are used. Still undecided: b = 0 (`undecided = "zero"`) or the sign
-    of the difference (`"sign"`). Deterministic given the same inputs and the same draws.
+    `max_batches` own batches are used. Still undecided: b = 0 (`undecided = "zero"`), the sign
+    of the difference (`"sign"`), or -1 when the difference is <= 0 and 0 when above
+    (`"negative"`: no sign of own-data gain counts against the peer, a sign too weak to prove
+    only stops B growing; measured in benchmarks/bench_own_test.py, it keeps a data cheat's
+    mean b as negative as the margin rule's). Deterministic given the same inputs and draws.
     """
-    if undecided not in ("zero", "sign"):
-        raise ValueError(f"undecided must be 'zero' or 'sign', got {undecided!r}")
+    if undecided not in UNDECIDED:
+        raise ValueError(f"undecided must be one of {UNDECIDED}, got {undecided!r}")
     own = list(own)
     while True:
         difference, se = own_statistic(own, rand, s, margin, sd_floor)
@@ -115,7 +124,8 @@ def sequential_own_test(own: Sequence[float], rand: Sequence[float], s: float, d
             return OwnTest(1 if difference > 0 else -1, len(own), difference, se)
         more = draw() if len(own) < max_batches else None
         if more is None:
-            b = 0 if undecided == "zero" else (1 if difference > 0 else -1)
+            lean = 1 if difference > 0 else -1
+            b = {"zero": 0, "sign": lean, "negative": min(lean, 0)}[undecided]
             return OwnTest(b, len(own), difference, se)
         own.append(more)
 

@@ -169,8 +169,9 @@ def _sequential(row: Row, uq: Row) -> list[str]:
     if b == -1 and not d + z * se >= 0:  # a NaN difference is -1 too
         return [f"  indicator b = -1: {seen}; the upper bound is below 0, so the update did not help its own "
                 "pages more than random ones, the mark of a copied, generic or stale update"]
+    why = "B decays toward 0" if b == 0 else f"the difference leans {'for' if b > 0 else 'against'} own data"
     return [f"  indicator b = {b:+d}: {seen}; still undecided after {n} own batches (cap {cap}), "
-            f"so b = {b:+d} ({'B decays toward 0' if b == 0 else 'the sign of the difference'})"]
+            f"so b = {b:+d} ({why}; uniqueness.own_undecided = {uq.get('own_undecided')})"]
 
 
 def _overlap(row: Row, uq: Row, copied: bool) -> list[str]:

@@ -206,7 +206,7 @@ def _draws(values: list[float]):
     return draw, taken
 
 
-SEQ = {"margin": 0.0, "z": 2.0, "sd_floor": 0.5, "max_batches": 6}
+SEQ = {"margin": 0.0, "z": 2.0, "sd_floor": 0.5, "max_batches": 6, "undecided": "zero"}
 
 
 def test_own_statistic_is_welch_with_a_relative_floor() -> None:
@@ -243,10 +243,12 @@ def test_close_call_draws_more_own_batches_until_decided() -> None:
 
 def test_undecided_at_the_cap_gives_zero_or_the_sign() -> None:
     own, rand = [1.05], [1.0, 0.9, 1.1]
-    for undecided, b in (("zero", 0), ("sign", 1)):
+    for undecided, b in (("zero", 0), ("sign", 1), ("negative", 0)):
         draw, taken = _draws([1.0, 1.1, 1.0, 1.1, 1.0, 1.1, 1.0])
         test = sequential_own_test(own, rand, 1.0, draw, **{**SEQ, "undecided": undecided})
         assert (test.indicator, test.own_batches, len(taken)) == (b, 6, 5)  # stopped at max_batches
+    draw, _ = _draws([0.9] * 5)  # leaning against the peer: -1 under "negative"
+    assert sequential_own_test([0.95], rand, 1.0, draw, **{**SEQ, "undecided": "negative"}).indicator == -1
     draw, taken = _draws([1.0])  # fewer own batches than the cap: stops when they run out
     assert sequential_own_test(own, rand, 1.0, draw, **SEQ).own_batches == 2
     with pytest.raises(ValueError, match="undecided"):

@@ -151,7 +151,8 @@ def test_the_2026_rules_that_fired_are_named(tmp_path: Path) -> None:
 @pytest.mark.parametrize("b, d, said", [
     (1, 0.004, "indicator b = +1: over 5 own batches: own per-batch improvement - random = +0.400% +- 2 x 0.100%"),
     (-1, -0.004, "the upper bound is below 0"),
-    (0, 0.001, "still undecided after 5 own batches (cap 8), so b = +0 (B decays toward 0)"),
+    (0, 0.001, "still undecided after 5 own batches (cap 8), so b = +0 (B decays toward 0"),
+    (-1, -0.001, "still undecided after 5 own batches (cap 8), so b = -1 (the difference leans against own data"),
 ])
 def test_sequential_test_says_what_it_saw(tmp_path: Path, b: int, d: float, said: str) -> None:
     tables = synthetic_window(0)
