@@ -178,7 +178,8 @@ def figures(behaviour: dict[int, str], rows: list[dict]) -> dict:
             "own_batches_sampled_mean": round(statistics.fmean(len(r["own"]) for r in rows), 3) if rows else None,
             "own_batches_available_mean": (round(statistics.fmean(len(r["own"]) + len(r["extra"]) for r in rows), 3)
                                            if rows else None),
-            "sequential_knobs": SEQUENTIAL, "margin": MARGIN, "spread": spread(rows, behaviour), "grid": grid}
+            "sequential_knobs": SEQUENTIAL, "margin_rule": {"own_margin": MARGIN}, "spread": spread(rows, behaviour),
+            "grid": grid}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -187,7 +188,8 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     behaviour, rows = run_network(QUICK_WINDOWS if quick else WINDOWS, SEED)
     out = figures(behaviour, rows)
-    out.update({"mode": "quick" if quick else "full", "mix": MIX, "seed": SEED, "seconds_total": round(time.perf_counter() - start, 1)})
+    out.update({"mode": "quick" if quick else "full", "mix": MIX, "seed": SEED,
+                "seconds_total": round(time.perf_counter() - start, 1)})
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(out, indent=2, default=_jsonable) + "\n")
     rows_file = RESULTS.with_name(RESULTS.stem + "_rows.json")  # a list: benchmarks.run --collect skips it

@@ -165,7 +165,8 @@ def score_peer_batches(evaluator: LossEvaluator, uid: int, after: Mapping[str, T
 
     `after` is the peer's step, `evaluator.perturbed(delta, eta)`. The PeerLosses are the same
     four floats `score_peers` gives (same additions, same order). `rand_before` is
-    `batch_sums(theta, rand)` when the caller shares it between peers, and `rand_before_mean` the window's L_rand_before when it was computed once for all chunks.
+    `batch_sums(theta, rand)` when the caller shares it between peers, and `rand_before_mean`
+    the window's L_rand_before when it was computed once for all chunks.
     `more_batches` scores further own batches of the same step. One host transfer.
     """
     theta = evaluator.theta

@@ -138,7 +138,8 @@ def _scores(rows: list[Row], cfg: Row, copied: bool) -> list[str]:
 
 def _indicator(row: Row, uq: Row) -> list[str]:
     b, avg = row["indicator"], row["moving_average"]
-    out = _sequential(row, uq) if row.get("own_batches") is not None else _margin_rule(b, float(uq.get("own_margin", 0.0)))
+    sequential = row.get("own_batches") is not None
+    out = _sequential(row, uq) if sequential else _margin_rule(b, float(uq.get("own_margin", 0.0)))
     if avg is not None:
         out.append(f"  moving average B = {avg:.4f} after this window (F is 0 while B <= 0)")
     return out

@@ -118,7 +118,8 @@ class Evaluated:
                          {u: v for p in parts for u, v in p.own_tests.items()})
 
 
-def own_batches(cfg: GauntletConfig, ctx: ModelContext, plan: WindowPlan, uid: int) -> tuple[list[Tensor], list[Tensor]]:
+def own_batches(cfg: GauntletConfig, ctx: ModelContext, plan: WindowPlan,
+                uid: int) -> tuple[list[Tensor], list[Tensor]]:
     """(the peer's sampled own batches, its other own batches in the order the sequential test
     draws them: `draw_order`, seeded by the window's seed and the uid, so a replay draws the same)."""
     seed = plan.seed + uid

@@ -119,7 +119,8 @@ def test_batch_losses_match_a_naive_loop_and_keep_mean_loss_bit_identical():
     assert sums.dtype == torch.float64 and counts.tolist() == [b[:, 1:].numel() for b in batches]
     for batch, value, n in zip(batches, sums.tolist(), counts.tolist()):
         assert value / n == pytest.approx(_naive_mean_loss(model, [batch]), rel=1e-5)
-    assert evaluator.mean_loss(evaluator.theta, batches).item() == _old_mean_loss(evaluator, evaluator.theta, batches).item()
+    old = _old_mean_loss(evaluator, evaluator.theta, batches)
+    assert evaluator.mean_loss(evaluator.theta, batches).item() == old.item()
     with pytest.raises(ValueError, match="no batches"):
         evaluator.batch_losses(evaluator.theta, [])
 
