@@ -13,16 +13,16 @@ same) names the peers scored exactly as above, and the rest keep a calibrated es
 screened peers have no own-data losses: they play the rating match with the calibrated score,
 but their B is left unchanged (no indicator this window; `PeerScore.indicator` is None), and
 they are not in `losses`. A peer whose estimate is not finite is always scored exactly, so its
-verdict comes from the exact losses as without screening.
+verdict comes from the exact losses as without screening. Screening ranks all chosen peers at
+once: in one call `run` does it all; a pipeline that scores in chunks calls `screen` first,
+scores its exact set in chunks (`run(..., screened=)`), then `calibrate`s the merged result.
 
 With `uniqueness.own_test = "sequential"` (ours) the same forward passes keep each batch's losses
 (`scoring.score_peer_batches`; the four recorded losses are the same bits), b comes from
 `uniqueness.sequential_own_test` on the per-batch improvements, and while that is undecided more
 of the peer's own batches are scored: its unsampled ones, in `draw_order` seeded by the window's
 seed and the uid (`own_batches`), so a replay draws the same. `Evaluated.own_tests` keeps what
-the test saw, for the audit's `own_batches`, `own_difference` and `own_std_error`. Screening ranks all chosen peers at
-once: in one call `run` does it all; a pipeline that scores in chunks calls `screen` first,
-scores its exact set in chunks (`run(..., screened=)`), then `calibrate`s the merged result.
+the test saw, for the audit's `own_batches`, `own_difference` and `own_std_error`.
 """
 
 from __future__ import annotations
