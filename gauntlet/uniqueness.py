@@ -83,7 +83,10 @@ def own_statistic(own: Sequence[float], rand: Sequence[float], s: float, margin:
     standard deviation is at least `sd_floor * |s|`: from 1-3 batches a sample variance is often
     near 0 by chance (two batches that happen to agree), which would make any difference look
     certain. The floor is relative because per-batch improvements scale with the step's overall
-    effect |s| (see benchmarks/bench_own_test.py for the measured spread).
+    effect |s|. Measured (benchmarks/bench_own_test.py, honest work, tiny model): the median
+    per-batch sd is 0.28-0.31 |s| on own batches and 0.27-0.34 |s| on random ones, so the default
+    floor is 0.3; against a floor of 0.15 it cut data cheats marked +1 from 23.5 % to 11.8 %
+    (seed 0) and from 11.8 % to 0 % (seed 1), with honest work marked -1 unchanged (4.4 %, 6.7 %).
     """
     if not own or not rand:
         raise ValueError(f"the own-data test needs own and random batches, got {len(own)} and {len(rand)}")
