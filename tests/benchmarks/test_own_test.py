@@ -45,3 +45,12 @@ def test_sequential_b_draws_the_recorded_extra_batches_in_order():
 @pytest.mark.parametrize("row", ROWS)
 def test_margin_and_sequential_indicators_are_in_range(row):
     assert sequential_b(row, SEQUENTIAL)[0] in (-1, 0, 1)
+
+
+def test_the_benchmarked_knobs_are_the_default_presets():
+    from gauntlet.config import load_config
+
+    uq = load_config(preset="default").uniqueness
+    assert uq.own_test == "sequential"
+    assert SEQUENTIAL == {"margin": uq.own_margin, "z": uq.own_z, "sd_floor": uq.own_sd_floor,
+                          "max_batches": uq.own_max_batches, "undecided": uq.own_undecided}
