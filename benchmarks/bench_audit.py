@@ -96,6 +96,9 @@ def synthetic(window: int, rng: np.random.Generator, config_json: str) -> dict[s
             "indicator": opt(np.where(r_own > s_k, 1, -1).astype(np.int8), s), "moving_average": b_avg,
             "sync_score": opt(np.ones(PEERS), present), "steps_behind": opt(np.zeros(PEERS), present),
             "max_overlap": rng.uniform(0, 0.7, PEERS), "overlap_with": (uid + 1) % PEERS,
+            "own_batches": pl.Series([None] * PEERS, dtype=pl.Int64),  # the margin rule: no sequential test
+            "own_difference": pl.Series([None] * PEERS, dtype=pl.Float64),
+            "own_std_error": pl.Series([None] * PEERS, dtype=pl.Float64),
             "score_estimate": opt(s_k * 1.01, s), "scored_exactly": opt(np.ones(PEERS, dtype=bool), s)}),
         "ratings": pl.DataFrame({
             "uid": uid, "mu": mu, "sigma": sigma, "ordinal": mu - 3 * sigma, "moving_average": b_avg,

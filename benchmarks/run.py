@@ -50,7 +50,10 @@ def _markdown(results: dict[str, dict]) -> str:
 
 
 CONTEXT_KEYS = frozenset({"window", "windows", "uid", "seconds", "runs", "repeats", "peers", "threads", "cpus",
-                          "cpu_count", "tensors", "parameters", "evaluated_peers"})
+                          "cpu_count", "tensors", "parameters", "evaluated_peers", "seed",
+                          # bench_own_test's sample sizes and batch budget
+                          "evaluations_honest_work", "evaluations_data_cheats", "own_batches_sampled_mean",
+                          "own_batches_available_mean"})
 """Top-level numbers that describe a benchmark's set-up, not a result (kept in its own JSON)."""
 
 

@@ -153,7 +153,22 @@ class UniquenessConfig(_Section):
     ema: float = Field(0.95, ge=0, lt=1)
     """`B = ema * B + (1 - ema) * b`."""
     own_margin: float = Field(0.0, ge=0)
-    """b = +1 iff `r_own > s + own_margin * |s|`. Paper: 0; ours: 0.2 (see uniqueness.indicator)."""
+    """b = +1 iff `r_own > s + own_margin * |s|`. Paper: 0; ours: 0.2 (see uniqueness.indicator).
+    Under the sequential test: the margin the per-batch difference must clear."""
+    own_test: Literal["margin", "sequential"] = "margin"
+    """`margin` (paper, with own_margin 0): one comparison of two token-weighted means. `sequential`
+    (ours): per-batch improvements with a confidence bound, more own batches while it is close
+    (uniqueness.sequential_own_test)."""
+    own_z: float = Field(2.0, gt=0)
+    """Sequential test: b = +-1 once `difference -+ own_z * std_error` clears 0."""
+    own_sd_floor: float = Field(0.3, ge=0)
+    """Sequential test: each side's per-batch standard deviation is at least own_sd_floor * |s|
+    (0.3: about the median spread measured in benchmarks/bench_own_test.py, 0.31 own, 0.27 random)."""
+    own_max_batches: int = Field(8, ge=1)
+    """Sequential test: at most this many own batches (sampled ones included) per evaluation."""
+    own_undecided: Literal["zero", "sign", "negative"] = "negative"
+    """Sequential test, still undecided at own_max_batches: b = 0 (`zero`), the difference's sign
+    (`sign`), or -1 if the difference is <= 0 and 0 if above (`negative`; uniqueness.sequential_own_test)."""
     overlap_halve: float = Field(0.4, ge=0, le=1)
     """Top-k index overlap at which the later uploader's score is halved."""
     overlap_reset: float = Field(0.5, ge=0, le=1)

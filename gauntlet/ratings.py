@@ -164,9 +164,9 @@ def play_match(peers: Mapping[int, PeerState], scores: Mapping[int, float], cfg:
 
 
 def update_moving_average(B: float, b: int, ema: float = 0.95) -> float:
-    """B <- ema * B + (1 - ema) * b."""
-    if b not in (-1, 1):
-        raise ValueError(f"the indicator b must be +1 or -1, got {b}")
+    """B <- ema * B + (1 - ema) * b; b = 0 (the sequential own-data test undecided) decays B toward 0."""
+    if b not in (-1, 0, 1):
+        raise ValueError(f"the indicator b must be +1, 0 or -1, got {b}")
     if not 0 <= ema < 1:
         raise ValueError(f"ema must be in [0, 1), got {ema}")
     return ema * B + (1 - ema) * b

@@ -48,6 +48,16 @@ def relative_improvement(before: float, after: float) -> float:
     return (before - after) / before if before > 0 else 0.0
 
 
+def token_mean(sums: Sequence[Tensor] | Tensor, tokens: int) -> Tensor:
+    """The token-weighted mean of per-batch float64 loss sums, added one batch at a time in batch
+    order: the same additions as before per-batch losses existed, so the means (and the audit
+    columns replays compare) stay bit-identical."""
+    total = torch.zeros((), device=sums[0].device, dtype=torch.float64)
+    for value in sums:
+        total += value
+    return total / tokens
+
+
 class LossEvaluator:
     """Token-weighted losses of a model at theta or at a perturbed copy of theta, on one device."""
 
@@ -65,17 +75,25 @@ class LossEvaluator:
             return token_loss_sum(lambda b: functional_call(self.model, state, (b,)), batch)
 
     @torch.no_grad()
+    def batch_sums(self, params: Mapping[str, Tensor], batches: Batches) -> tuple[list[Tensor], list[int]]:
+        """Each batch's summed loss (0-d float64 device tensor) and token count (known on the host)."""
+        if not batches:
+            raise ValueError("no batches to compute losses on")
+        sums, counts = zip(*(self._loss_sum(params, batch) for batch in batches))
+        return [s.double() for s in sums], list(counts)
+
+    @torch.no_grad()
+    def batch_losses(self, params: Mapping[str, Tensor], batches: Batches) -> tuple[Tensor, Tensor]:
+        """(n,) float64 summed losses and (n,) int64 token counts of each batch, on the device
+        (no host sync): what the own-data test (`gauntlet.uniqueness`) sees batch by batch."""
+        sums, counts = self.batch_sums(params, batches)
+        return torch.stack(sums), torch.tensor(counts, dtype=torch.int64, device=self.device)
+
+    @torch.no_grad()
     def mean_loss(self, params: Mapping[str, Tensor], batches: Batches) -> Tensor:
         """Token-weighted mean loss as a 0-d device tensor (no host sync)."""
-        if not batches:
-            raise ValueError("mean_loss needs at least one batch")
-        total = torch.zeros((), device=self.device, dtype=torch.float64)
-        tokens = 0
-        for batch in batches:
-            loss, n = self._loss_sum(params, batch)
-            total += loss.double()
-            tokens += n
-        return total / tokens
+        sums, counts = self.batch_sums(params, batches)
+        return token_mean(sums, sum(counts))
 
     @torch.no_grad()
     def perturbed(self, delta: Mapping[str, Tensor], eta: float) -> dict[str, Tensor]:
@@ -119,3 +137,58 @@ def score_peers(evaluator: LossEvaluator, deltas: Mapping[int, Mapping[str, Tens
         return {}
     values = torch.stack(rows).cpu().tolist()  # the stage's one host sync
     return {uid: PeerLosses(uid, *vals) for uid, vals in zip(uids, values)}
+
+
+@dataclass(frozen=True)
+class BatchLosses:
+    """Token-weighted mean loss of each batch before and after a peer's step (host floats)."""
+
+    before: tuple[float, ...]
+    after: tuple[float, ...]
+    tokens: tuple[int, ...]
+
+    @property
+    def improvements(self) -> list[float]:
+        """Each batch's relative improvement (before - after) / before: the own-data test's samples."""
+        return [relative_improvement(b, a) for b, a in zip(self.before, self.after)]
+
+
+def _per_batch(before: Sequence[float], after: Sequence[float], tokens: Sequence[int]) -> BatchLosses:
+    return BatchLosses(tuple(s / n for s, n in zip(before, tokens)), tuple(s / n for s, n in zip(after, tokens)),
+                       tuple(int(n) for n in tokens))
+
+
+def score_peer_batches(evaluator: LossEvaluator, uid: int, after: Mapping[str, Tensor], own: Batches, rand: Batches,
+                       rand_before: tuple[list[Tensor], list[int]] | None = None,
+                       rand_before_mean: float | None = None) -> tuple[PeerLosses, BatchLosses, BatchLosses]:
+    """`score_peers` for one peer, keeping each batch's losses: (PeerLosses, own, random).
+
+    `after` is the peer's step, `evaluator.perturbed(delta, eta)`. The PeerLosses are the same
+    four floats `score_peers` gives (same additions, same order). `rand_before` is
+    `batch_sums(theta, rand)` when the caller shares it between peers, and `rand_before_mean`
+    the window's L_rand_before when it was computed once for all chunks.
+    `more_batches` scores further own batches of the same step. One host transfer.
+    """
+    theta = evaluator.theta
+    own_b = evaluator.batch_sums(theta, own)
+    rand_b = rand_before if rand_before is not None else evaluator.batch_sums(theta, rand)
+    own_a, rand_a = evaluator.batch_sums(after, own), evaluator.batch_sums(after, rand)
+    parts = (own_b, own_a, rand_b, rand_a)
+    means = [token_mean(sums, sum(counts)) for sums, counts in parts]
+    flat = torch.stack([*means, *(v for sums, _ in parts for v in sums)]).cpu().tolist()  # the one host sync
+    m, rest = flat[:4], flat[4:]
+    if rand_before_mean is not None:
+        m[2] = rand_before_mean
+    n_own, n_rand = len(own_b[0]), len(rand_b[0])
+    own_losses = _per_batch(rest[:n_own], rest[n_own:2 * n_own], own_b[1])
+    rand_losses = _per_batch(rest[2 * n_own:2 * n_own + n_rand], rest[2 * n_own + n_rand:], rand_b[1])
+    return PeerLosses(uid, *m), own_losses, rand_losses
+
+
+def more_batches(evaluator: LossEvaluator, after: Mapping[str, Tensor], batches: Batches) -> BatchLosses:
+    """Per-batch losses at theta and at the peer's step `after` (the sequential own-data test's
+    extra draws). One host transfer."""
+    before, tokens = evaluator.batch_sums(evaluator.theta, batches)
+    after_sums, _ = evaluator.batch_sums(after, batches)
+    values = torch.stack([*before, *after_sums]).cpu().tolist()
+    return _per_batch(values[:len(batches)], values[len(batches):], tokens)

@@ -2,7 +2,9 @@
 
 Two signals (GAUNTLET.md "Uniqueness"):
 - the indicator ``b = +1 if r_own > s else -1`` and its moving average ``B``: a copied, generic
-  or stale update gains nothing on the peer's own pages, so ``B`` stays near or under zero;
+  or stale update gains nothing on the peer's own pages, so ``B`` stays near or under zero. The
+  paper compares two means (`indicator`); ours (`sequential_own_test`) compares per-batch
+  improvements with a confidence bound and scores more own batches while the call is close;
 - pairwise overlap of the peers' top-k indices (from later Templar releases) and identical file
   contents. The later uploader of a pair is the one blamed: the first to publish is presumed the
   author, since anyone can read everyone's bucket once a file is up.
@@ -20,7 +22,9 @@ matrix products, which a GPU's matrix units do fast and a CPU does well enough f
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +47,98 @@ def indicator(r_own: float, s: float, margin: float = 0.0) -> int:
     honest updates, measured at 1.3-2.3x s, keep b = +1. NaN gives -1.
     """
     return 1 if r_own > s + margin * abs(s) else -1
+
+
+@dataclass(frozen=True)
+class OwnTest:
+    """What the sequential own-data test saw and decided for one peer (the audit records it)."""
+
+    indicator: int
+    """+1, -1, or 0 (undecided at `own_max_batches`, not leaning against the peer: B decays toward 0)."""
+    own_batches: int
+    """Own batches the decision used: the sampled ones plus those drawn because it was close."""
+    difference: float
+    """mean own per-batch improvement - mean random one - margin * |s|; > 0 speaks for own data."""
+    std_error: float
+    """Its standard error (Welch, each side's variance floored; see `own_statistic`)."""
+
+    @property
+    def statistic(self) -> float:
+        return self.difference / self.std_error if self.std_error > 0 else math.copysign(math.inf, self.difference)
+
+
+def _mean_var(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and unbiased sample variance (0 for a single value: the floor then decides)."""
+    mean = math.fsum(values) / len(values)
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1)
+
+
+def own_statistic(own: Sequence[float], rand: Sequence[float], s: float, margin: float,
+                  sd_floor: float) -> tuple[float, float]:
+    """(difference, standard error) of per-batch relative improvements, own minus random.
+
+    Welch's standard error, sqrt(var_own / n_own + var_rand / n_rand), but each side's per-batch
+    standard deviation is at least `sd_floor * |s|`: from 1-3 batches a sample variance is often
+    near 0 by chance (two batches that happen to agree), which would make any difference look
+    certain. The floor is relative because per-batch improvements scale with the step's overall
+    effect |s|. Measured (benchmarks/bench_own_test.py, honest work, tiny model): the median
+    per-batch sd is 0.28-0.31 |s| on own batches and 0.27-0.34 |s| on random ones, so the default
+    floor is 0.3; against a floor of 0.15 it cut data cheats marked +1 from 23.5 % to 11.8 %
+    (seed 0) and from 11.8 % to 0 % (seed 1), with honest work marked -1 unchanged (4.4 %, 6.7 %).
+    """
+    if not own or not rand:
+        raise ValueError(f"the own-data test needs own and random batches, got {len(own)} and {len(rand)}")
+    mean_own, var_own = _mean_var(own)
+    mean_rand, var_rand = _mean_var(rand)
+    floor = (sd_floor * abs(s)) ** 2
+    se = math.sqrt(max(var_own, floor) / len(own) + max(var_rand, floor) / len(rand))
+    return mean_own - mean_rand - margin * abs(s), se
+
+
+UNDECIDED = ("zero", "sign", "negative")
+"""What `sequential_own_test` gives a peer still undecided at its cap (see there)."""
+
+
+def sequential_own_test(own: Sequence[float], rand: Sequence[float], s: float, draw: Callable[[], float | None], *,
+                        margin: float, z: float, sd_floor: float, max_batches: int,
+                        undecided: str = "zero") -> OwnTest:
+    """b from per-batch improvements with a confidence bound, drawing more own batches while close.
+
+    `own` and `rand` are the per-batch relative improvements (loss before - after) / before of
+    the sampled own and random batches; `s` is the peer's gradient score. b = +1 once the lower
+    bound `difference - z * se` is above 0, -1 once the upper bound is below 0; in between,
+    `draw()` gives the improvement on one more of the peer's own batches (None: none left) until
+    `max_batches` own batches are used. Still undecided: b = 0 (`undecided = "zero"`), the sign
+    of the difference (`"sign"`), or -1 when the difference is <= 0 and 0 when above
+    (`"negative"`: no sign of own-data gain counts against the peer, a sign too weak to prove
+    only stops B growing; measured in benchmarks/bench_own_test.py, it keeps a data cheat's
+    mean b as negative as the margin rule's). Deterministic given the same inputs and draws.
+    """
+    if undecided not in UNDECIDED:
+        raise ValueError(f"undecided must be one of {UNDECIDED}, got {undecided!r}")
+    own = list(own)
+    while True:
+        difference, se = own_statistic(own, rand, s, margin, sd_floor)
+        if not (math.isfinite(difference) and math.isfinite(se)):
+            return OwnTest(-1, len(own), difference, se)  # a NaN loss never earns +1
+        if difference - z * se > 0 or difference + z * se < 0:
+            return OwnTest(1 if difference > 0 else -1, len(own), difference, se)
+        more = draw() if len(own) < max_batches else None
+        if more is None:
+            lean = 1 if difference > 0 else -1
+            b = {"zero": 0, "sign": lean, "negative": min(lean, 0)}[undecided]
+            return OwnTest(b, len(own), difference, se)
+        own.append(more)
+
+
+def draw_order(n: int, seed: int) -> list[int]:
+    """0..n-1 in the fixed order the sequential test draws a peer's unsampled own batches: by
+    blake2b(seed, i), so a replay (same window seed, same uid) draws the same batches."""
+    def key(i: int) -> bytes:
+        return hashlib.blake2b(f"gauntlet-own-extra/v1|{seed}|{i}".encode(), digest_size=16).digest()
+    return sorted(range(n), key=key)
 
 
 

@@ -129,26 +129,50 @@ def _scores(rows: list[Row], cfg: Row, copied: bool) -> list[str]:
                    f"(r_own = {_pct(row['own_improvement'])})")
         out.append(f"  loss on random pages:     {row['loss_rand_before']:.4f} -> {row['loss_rand_after']:.4f} "
                    f"(gradient score s_k = {_pct(row['gradient_score'])})")
-    out += _indicator(row, float(cfg.get("uniqueness", {}).get("own_margin", 0.0)))
+    out += _indicator(row, cfg.get("uniqueness", {}))
     if row["sync_score"] is not None:
         out.append(f"  sync score {row['sync_score']:.3f} ({_num(row['steps_behind'], '.2f')} steps behind the validator)")
     out += _overlap(row, cfg.get("uniqueness", {}), copied)
     return out
 
 
-def _indicator(row: Row, margin: float) -> list[str]:
+def _indicator(row: Row, uq: Row) -> list[str]:
     b, avg = row["indicator"], row["moving_average"]
-    rule = "r_own > s_k" if margin == 0 else f"r_own > s_k + {margin:g} x |s_k|"
-    out = []
-    if b == 1:
-        out.append(f"  indicator b = +1: the update helped its own pages clearly more than random ones ({rule}), "
-                   "as an update computed on its own data should")
-    elif b == -1:
-        out.append(f"  indicator b = -1: the update did not help its own pages clearly more than random ones "
-                   f"(not {rule}), the mark of a copied, generic or stale update")
+    sequential = row.get("own_batches") is not None
+    out = _sequential(row, uq) if sequential else _margin_rule(b, float(uq.get("own_margin", 0.0)))
     if avg is not None:
         out.append(f"  moving average B = {avg:.4f} after this window (F is 0 while B <= 0)")
     return out
+
+
+def _margin_rule(b: int | None, margin: float) -> list[str]:
+    rule = "r_own > s_k" if margin == 0 else f"r_own > s_k + {margin:g} x |s_k|"
+    if b == 1:
+        return [f"  indicator b = +1: the update helped its own pages clearly more than random ones ({rule}), "
+                "as an update computed on its own data should"]
+    if b == -1:
+        return [f"  indicator b = -1: the update did not help its own pages clearly more than random ones "
+                f"(not {rule}), the mark of a copied, generic or stale update"]
+    return []
+
+
+def _sequential(row: Row, uq: Row) -> list[str]:
+    """The sequential own-data test's record: the difference, its bound, and the batches it took."""
+    b, d, se, n = row["indicator"], row["own_difference"], row["own_std_error"], row["own_batches"]
+    z, cap = uq.get("own_z", 2.0), uq.get("own_max_batches")
+    margin = float(uq.get("own_margin", 0.0))
+    what = "own per-batch improvement - random" + (f" - {margin:g} x |s_k|" if margin else "")
+    seen = f"over {n} own batches: {what} = {_pct(d)} +- {z:g} x {_pct(se).lstrip('+')} (t = {d / se:+.2f})" \
+        if se else f"over {n} own batches: {what} = {_pct(d)}"
+    if b == 1 and d - z * se > 0:
+        return [f"  indicator b = +1: {seen}; the lower bound is above 0, so the update helped its own pages "
+                "more than random ones, as an update computed on its own data should"]
+    if b == -1 and not d + z * se >= 0:  # a NaN difference is -1 too
+        return [f"  indicator b = -1: {seen}; the upper bound is below 0, so the update did not help its own "
+                "pages more than random ones, the mark of a copied, generic or stale update"]
+    why = "B decays toward 0" if b == 0 else f"the difference leans {'for' if b > 0 else 'against'} own data"
+    return [f"  indicator b = {b:+d}: {seen}; still undecided after {n} own batches (cap {cap}), "
+            f"so b = {b:+d} ({why}; uniqueness.own_undecided = {uq.get('own_undecided')})"]
 
 
 def _overlap(row: Row, uq: Row, copied: bool) -> list[str]:

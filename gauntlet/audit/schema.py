@@ -83,7 +83,8 @@ _SPECS: dict[str, list[Column]] = {
         ("loss_rand_after", pa.float64(), True, "L_rand_after: loss on the random pages after the peer's step"),
         ("gradient_score", pa.float64(), True, "s_k = (L_rand_before - L_rand_after) / L_rand_before"),
         ("own_improvement", pa.float64(), True, "r_own = (L_own_before - L_own_after) / L_own_before"),
-        ("indicator", pa.int8(), True, "b = +1 if r_own > s_k else -1; null if not evaluated or screened"),
+        ("indicator", pa.int8(), True,
+         "b: +1 (own data), -1 (not), 0 (sequential test undecided at its cap); null if not evaluated or screened"),
         ("moving_average", pa.float64(), True,
          "B after this window's update (B = ema B + (1 - ema) b), before penalties; null if not evaluated or "
          "screened (B unchanged)"),
@@ -96,6 +97,14 @@ _SPECS: dict[str, list[Column]] = {
         ("score_estimate", pa.float64(), True,
          "screening (ours): first-order estimate of s_k, eta <grad L_rand, sign(delta_k)> / L_rand_before; "
          "null when screening is off or the peer's file could not be decoded"),
+        ("own_batches", pa.int64(), True,
+         "sequential own-data test (ours): own batches the indicator used (sampled plus drawn while close); "
+         "null under the margin rule"),
+        ("own_difference", pa.float64(), True,
+         "sequential test: mean per-batch own improvement - mean random one - own_margin |s_k|; null: margin rule"),
+        ("own_std_error", pa.float64(), True,
+         "sequential test: standard error of own_difference (Welch, per-batch sd floored at own_sd_floor |s_k|); "
+         "b = +1 if own_difference > own_z x this, -1 if < -own_z x this; null under the margin rule"),
         ("scored_exactly", pa.bool_(), True,
          "true: s_k from measured losses; false: screened, gradient_score is the calibrated estimate (no own-data "
          "losses, indicator and B not updated); null if not evaluated"),
@@ -181,7 +190,7 @@ VOLATILE: dict[str, frozenset[str]] = {"windows": frozenset({"created_at", "timi
 
 ALLOWED_VALUES: dict[tuple[str, str], frozenset[object]] = {
     ("verdicts", "blame"): frozenset({"peer", "validator", "infrastructure", "none"}),
-    ("scores", "indicator"): frozenset({1, -1}),
+    ("scores", "indicator"): frozenset({1, 0, -1}),
 }
 JSON_COLUMNS: dict[tuple[str, str], type] = {
     ("windows", "config_json"): dict, ("windows", "timings_json"): dict,

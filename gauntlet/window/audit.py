@@ -71,6 +71,7 @@ def score_rows(window: int, filtered: Filtered, evaluated: Evaluated, rated: Rat
         losses: PeerLosses | None = evaluated.losses.get(uid)
         score = evaluated.scores.get(uid)
         closest = filtered.closest.get(uid)
+        test = evaluated.own_tests.get(uid)
         updated = (update_moving_average(before[uid].moving_average, score.indicator, ema)
                    if score is not None and score.indicator is not None and uid in before else None)
         rows.append({
@@ -85,6 +86,9 @@ def score_rows(window: int, filtered: Filtered, evaluated: Evaluated, rated: Rat
             "moving_average": updated,
             "sync_score": filtered.sync.get(uid), "steps_behind": filtered.steps.get(uid),
             "max_overlap": closest[1] if closest else None, "overlap_with": closest[0] if closest else None,
+            "own_batches": test.own_batches if test else None,
+            "own_difference": test.difference if test else None,
+            "own_std_error": test.std_error if test else None,
             "score_estimate": evaluated.estimates.get(uid),
             "scored_exactly": None if score is None else uid in evaluated.losses,
         })

@@ -16,6 +16,13 @@ they are not in `losses`. A peer whose estimate is not finite is always scored e
 verdict comes from the exact losses as without screening. Screening ranks all chosen peers at
 once: in one call `run` does it all; a pipeline that scores in chunks calls `screen` first,
 scores its exact set in chunks (`run(..., screened=)`), then `calibrate`s the merged result.
+
+With `uniqueness.own_test = "sequential"` (ours) the same forward passes keep each batch's losses
+(`scoring.score_peer_batches`; the four recorded losses are the same bits), b comes from
+`uniqueness.sequential_own_test` on the per-batch improvements, and while that is undecided more
+of the peer's own batches are scored: its unsampled ones, in `draw_order` seeded by the window's
+seed and the uid (`own_batches`), so a replay draws the same. `Evaluated.own_tests` keeps what
+the test saw, for the audit's `own_batches`, `own_difference` and `own_std_error`.
 """
 
 from __future__ import annotations
@@ -30,15 +37,19 @@ from gauntlet.config import GauntletConfig
 from gauntlet.data import page_batches, random_pages, sample_batches
 from gauntlet.miner import own_pages
 from gauntlet.ratings import PeerScore
-from gauntlet.scoring import LossEvaluator, PeerLosses, score_peers
+from gauntlet.scoring import BatchLosses, LossEvaluator, PeerLosses, more_batches, score_peer_batches, score_peers
 from gauntlet.screening import RandomGradient, calibrated, choose_exact, first_order_score, random_gradient
-from gauntlet.uniqueness import indicator
+from gauntlet.uniqueness import OwnTest, draw_order, indicator, sequential_own_test
 from gauntlet.verdicts import Reason, Verdict
 from gauntlet.window.context import ModelContext, context_for, corpus_for
 from gauntlet.window.fetch import Fetched
 from gauntlet.window.guard import guarded
 from gauntlet.window.load import load_submission
 from gauntlet.window.plan import WindowPlan
+
+
+RandSums = tuple[list[Tensor], list[int]]
+"""`LossEvaluator.batch_sums` of the shared random batches at theta."""
 
 
 class ValidatorFault(RuntimeError):
@@ -90,6 +101,8 @@ class Evaluated:
     their stage-1 verdicts."""
     estimates: dict[int, float] = field(default_factory=dict)
     """First-order estimates of s_k (screening on; empty when off)."""
+    own_tests: dict[int, OwnTest] = field(default_factory=dict)
+    """What the sequential own-data test saw (uniqueness.own_test = "sequential"; else empty)."""
 
     @property
     def screened(self) -> frozenset[int]:
@@ -101,36 +114,75 @@ class Evaluated:
         return Evaluated({u: v for p in parts for u, v in p.losses.items()},
                          {u: v for p in parts for u, v in p.scores.items()},
                          {u: v for p in parts for u, v in p.verdicts.items()},
-                         {u: v for p in parts for u, v in p.estimates.items()})
+                         {u: v for p in parts for u, v in p.estimates.items()},
+                         {u: v for p in parts for u, v in p.own_tests.items()})
+
+
+def own_batches(cfg: GauntletConfig, ctx: ModelContext, plan: WindowPlan,
+                uid: int) -> tuple[list[Tensor], list[Tensor]]:
+    """(the peer's sampled own batches, its other own batches in the order the sequential test
+    draws them: `draw_order`, seeded by the window's seed and the uid, so a replay draws the same)."""
+    seed = plan.seed + uid
+    batches = page_batches(corpus_for(cfg), ctx.tokenizer, own_pages(uid, plan.window, corpus_for(cfg), cfg), cfg.data)
+    sampled = sample_batches(batches, cfg.scoring.sample_rate, seed)
+    rest = [b for b in batches if not any(b is t for t in sampled)]
+    return sampled, [rest[i] for i in draw_order(len(rest), seed)]
+
+
+def _own_test(cfg: GauntletConfig, evaluator: LossEvaluator, after: dict[str, Tensor], own: BatchLosses,
+              rand: BatchLosses, s: float, extra: list[Tensor]) -> OwnTest:
+    remaining = iter(extra)
+
+    def draw() -> float | None:
+        batch = next(remaining, None)
+        return None if batch is None else more_batches(evaluator, after, [batch]).improvements[0]
+
+    uq = cfg.uniqueness
+    return sequential_own_test(own.improvements, rand.improvements, s, draw, margin=uq.own_margin, z=uq.own_z,
+                               sd_floor=uq.own_sd_floor, max_batches=uq.own_max_batches, undecided=uq.own_undecided)
 
 
 def _score_one(cfg: GauntletConfig, ctx: ModelContext, plan: WindowPlan, fetched: Fetched, uid: int,
-               evaluator: LossEvaluator, rand: list[Tensor] | None, rand_before: float | None) -> PeerLosses | Verdict:
+               evaluator: LossEvaluator, rand: list[Tensor] | None, rand_before: float | None,
+               rand_sums: RandSums | None) -> tuple[PeerLosses, OwnTest | None] | Verdict:
     sub = load_submission(cfg, ctx, plan, fetched.by_uid()[uid])
     delta = ctx.codec.decode_all(sub.grads, ctx.spec.shapes)
-    corpus = corpus_for(cfg)
-    own = _sampled(cfg, ctx, own_pages(uid, plan.window, corpus, cfg), plan.seed + uid)
+    own, extra = own_batches(cfg, ctx, plan, uid)
     rand = rand if rand is not None else _random_batches(cfg, ctx, plan, uid)
-    losses = score_peers(evaluator, {uid: delta}, {uid: own}, rand, cfg.scoring.eval_lr_factor * plan.lr,
-                         rand_before)[uid]
+    eta = cfg.scoring.eval_lr_factor * plan.lr
+    test = None
+    if cfg.uniqueness.own_test == "margin":
+        losses = score_peers(evaluator, {uid: delta}, {uid: own}, rand, eta, rand_before)[uid]
+    else:
+        after = evaluator.perturbed(delta, eta)
+        losses, own_l, rand_l = score_peer_batches(evaluator, uid, after, own, rand, rand_sums, rand_before)
     bad = [name for name in ("own_before", "own_after", "rand_before", "rand_after")
            if not math.isfinite(getattr(losses, name))]
     if bad:
         return Verdict(uid, Reason.NON_FINITE, f"its step gives a non-finite loss ({', '.join(bad)})", stage="score")
-    return losses
+    if cfg.uniqueness.own_test == "sequential":
+        test = _own_test(cfg, evaluator, after, own_l, rand_l, losses.gradient_score, extra)
+    return losses, test
 
 
 def _score_exact(cfg: GauntletConfig, ctx: ModelContext, plan: WindowPlan, fetched: Fetched, uids: Sequence[int],
                  rand: list[Tensor] | None, rand_before: float | None, out: Evaluated) -> None:
     evaluator = LossEvaluator(ctx.model, ctx.device)
+    # Sequential test with shared random batches: their per-batch losses before, once per call.
+    rand_sums = (evaluator.batch_sums(evaluator.theta, rand)
+                 if rand is not None and cfg.uniqueness.own_test == "sequential" and uids else None)
     for uid in sorted(uids):
-        got = guarded(uid, "score", _score_one, cfg, ctx, plan, fetched, uid, evaluator, rand, rand_before)
+        got = guarded(uid, "score", _score_one, cfg, ctx, plan, fetched, uid, evaluator, rand, rand_before, rand_sums)
         if isinstance(got, Verdict):
             out.verdicts[uid] = got
             continue
-        out.losses[uid] = got
-        out.scores[uid] = PeerScore(got.gradient_score, got.own_improvement,
-                                    indicator(got.own_improvement, got.gradient_score, cfg.uniqueness.own_margin))
+        losses, test = got
+        out.losses[uid] = losses
+        b = (indicator(losses.own_improvement, losses.gradient_score, cfg.uniqueness.own_margin)
+             if test is None else test.indicator)
+        out.scores[uid] = PeerScore(losses.gradient_score, losses.own_improvement, b)
+        if test is not None:
+            out.own_tests[uid] = test
 
 
 def _estimate_one(cfg: GauntletConfig, ctx: ModelContext, plan: WindowPlan, fetched: Fetched, uid: int,
@@ -188,7 +240,7 @@ def calibrate(screened: Screened, exact: Evaluated) -> Evaluated:
     values = calibrated(finite, {u: s.gradient_score for u, s in exact.scores.items()})
     rest = {u: PeerScore(values[u], None, None) for u in sorted(set(finite) - set(screened.exact))}
     return Evaluated(dict(exact.losses), {**exact.scores, **rest}, {**screened.verdicts, **exact.verdicts},
-                     dict(screened.estimates))
+                     dict(screened.estimates), dict(exact.own_tests))
 
 
 def run(cfg: GauntletConfig, plan: WindowPlan, fetched: Fetched, uids: Sequence[int],

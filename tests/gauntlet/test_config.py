@@ -38,6 +38,7 @@ PAPER = {
     ("scoring", "seed_source"): "fixed",
     ("uniqueness", "ema"): 0.95,
     ("uniqueness", "own_margin"): 0.0,
+    ("uniqueness", "own_test"): "margin",
     ("uniqueness", "overlap_halve"): 0.4,
     ("uniqueness", "overlap_reset"): 0.5,
     ("uniqueness", "overlap_ban"): 0.6,
@@ -64,7 +65,7 @@ PAPER = {
     ("schedule", "min_lr"): 4e-5,
 }
 OURS = {("scoring", "policy"): "all", ("scoring", "seed_source"): "chain",
-        ("scoring", "shared_random_batches"): True, ("uniqueness", "own_margin"): 0.2,
+        ("scoring", "shared_random_batches"): True, ("uniqueness", "own_test"): "sequential",
         ("weights", "power"): 1.0}
 
 
@@ -245,5 +246,5 @@ def test_with_preset_switches_the_rules_and_keeps_the_network():
     assert templar.uniqueness.overlap_ban == local.uniqueness.overlap_ban  # the network's own threshold stays
     assert (templar.model, templar.data, templar.chain, templar.audit) == (local.model, local.data, local.chain, local.audit)
     back = with_preset(templar, "default")
-    assert not back.rules.sync_iqm and back.uniqueness.own_margin == 0.2 and back.uniqueness.ban_windows == 200
+    assert not back.rules.sync_iqm and back.uniqueness.own_test == "sequential" and back.uniqueness.ban_windows == 200
     assert back.rules == load_config(preset="default").rules

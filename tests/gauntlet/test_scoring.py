@@ -98,3 +98,51 @@ def test_a_precomputed_random_baseline_gives_identical_losses():
     baseline = evaluator.mean_loss(evaluator.theta, rand).item()
     assert score_peers(evaluator, deltas, own, rand, 0.01, rand_before=baseline) == \
         score_peers(LossEvaluator(model), deltas, own, rand, 0.01)
+
+
+def _old_mean_loss(evaluator: LossEvaluator, params, batches) -> torch.Tensor:
+    """mean_loss as it was before per-batch losses: one float64 sum, batch by batch."""
+    total, tokens = torch.zeros((), dtype=torch.float64), 0
+    with torch.no_grad():
+        for batch in batches:
+            loss, n = evaluator._loss_sum(params, batch)
+            total += loss.double()
+            tokens += n
+    return total / tokens
+
+
+def test_batch_losses_match_a_naive_loop_and_keep_mean_loss_bit_identical():
+    model = build_model("tiny", VOCAB, seed=3)
+    evaluator = LossEvaluator(model)
+    batches = _batches(5, n=3) + [_batches(6, n=1)[0][:1]]  # a shorter last batch weighs less
+    sums, counts = evaluator.batch_losses(evaluator.theta, batches)
+    assert sums.dtype == torch.float64 and counts.tolist() == [b[:, 1:].numel() for b in batches]
+    for batch, value, n in zip(batches, sums.tolist(), counts.tolist()):
+        assert value / n == pytest.approx(_naive_mean_loss(model, [batch]), rel=1e-5)
+    old = _old_mean_loss(evaluator, evaluator.theta, batches)
+    assert evaluator.mean_loss(evaluator.theta, batches).item() == old.item()
+    with pytest.raises(ValueError, match="no batches"):
+        evaluator.batch_losses(evaluator.theta, [])
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_per_batch_scoring_gives_the_same_four_floats_as_score_peers(shared: bool):
+    from gauntlet.scoring import more_batches, score_peer_batches
+
+    model = build_model("tiny", VOCAB, seed=3)
+    deltas = _deltas(model, 2)
+    own = {uid: _batches(100 + uid, n=3) for uid in deltas}
+    rand, eta = _batches(999), 0.05
+    evaluator = LossEvaluator(model)
+    rand_before = evaluator.mean_loss(evaluator.theta, rand).item() if shared else None
+    expected = score_peers(evaluator, deltas, own, rand, eta, rand_before)
+    rand_sums = evaluator.batch_sums(evaluator.theta, rand) if shared else None
+    for uid, delta in deltas.items():
+        after = evaluator.perturbed(delta, eta)
+        losses, own_l, rand_l = score_peer_batches(evaluator, uid, after, own[uid], rand, rand_sums, rand_before)
+        assert losses == expected[uid]  # bit for bit: the audit columns and replays depend on it
+        assert len(own_l.improvements) == 3 and len(rand_l.improvements) == 2
+        again = more_batches(evaluator, after, own[uid][1:2])
+        assert (again.before[0], again.after[0]) == (own_l.before[1], own_l.after[1])
+        tokens = sum(own_l.tokens)
+        assert sum(b * n for b, n in zip(own_l.before, own_l.tokens)) / tokens == pytest.approx(losses.own_before)

@@ -11,7 +11,7 @@ from gauntlet.codec import Compressed, DCTCodec
 from gauntlet.model import build_model, param_shapes
 from gauntlet.ratings import update_moving_average
 from gauntlet.uniqueness import (
-    CopyFinding, find_copies, indicator, overlap_matrix,
+    CopyFinding, draw_order, find_copies, indicator, overlap_matrix, own_statistic, sequential_own_test,
 )
 
 CODEC = DCTCodec(chunk=64, topk=32)
@@ -64,8 +64,9 @@ def test_moving_average_golden() -> None:
         b = update_moving_average(b, step)
     assert b == pytest.approx(0.95 * (0.95 * 0.05 + 0.05) - 0.05)
     assert update_moving_average(0.5, -1, ema=0.0) == -1.0
-    with pytest.raises(ValueError, match=r"\+1 or -1"):
-        update_moving_average(0.0, 0)
+    assert update_moving_average(0.5, 0) == pytest.approx(0.475)  # undecided: B decays toward 0
+    with pytest.raises(ValueError, match=r"\+1, 0 or -1"):
+        update_moving_average(0.0, 2)
     with pytest.raises(ValueError, match="ema"):
         update_moving_average(0.0, 1, ema=1.0)
 
@@ -191,3 +192,76 @@ def test_find_copies_checks_its_inputs() -> None:
     assert find_copies({1: a, 2: b}, {1: 0.0, 2: 1.0}, {1: "x", 2: "y"}, matrix=matrix) == {}
     with pytest.raises(ValueError, match="other peers"):
         find_copies({1: a, 5: b}, {1: 0.0, 5: 1.0}, {1: "x", 5: "y"}, matrix=matrix)
+
+
+def _draws(values: list[float]):
+    """A draw() over `values`, and the list of what it handed out."""
+    it, taken = iter(values), []
+
+    def draw() -> float | None:
+        v = next(it, None)
+        if v is not None:
+            taken.append(v)
+        return v
+    return draw, taken
+
+
+SEQ = {"margin": 0.0, "z": 2.0, "sd_floor": 0.5, "max_batches": 6, "undecided": "zero"}
+
+
+def test_own_statistic_is_welch_with_a_relative_floor() -> None:
+    own, rand, s = [3.0, 5.0], [1.0, 1.0, 1.0], 1.0
+    d, se = own_statistic(own, rand, s, margin=0.5, sd_floor=0.5)
+    assert d == pytest.approx(4.0 - 1.0 - 0.5)
+    # own: sample variance 2 (above the floor 0.25); rand: variance 0 -> floored to 0.25
+    assert se == pytest.approx(math.sqrt(2.0 / 2 + 0.25 / 3))
+    with pytest.raises(ValueError, match="own and random batches"):
+        own_statistic([], rand, s, 0.0, 0.5)
+
+
+def test_clear_own_data_gives_plus_one_without_drawing() -> None:
+    draw, taken = _draws([9.0] * 5)
+    test = sequential_own_test([2.0, 2.1, 1.9], [1.0, 1.05, 0.95], 1.0, draw, **SEQ)
+    assert (test.indicator, test.own_batches, taken) == (1, 3, [])
+    assert test.statistic > 2.0
+
+
+def test_clearly_generic_update_gives_minus_one() -> None:
+    draw, taken = _draws([0.1] * 5)
+    test = sequential_own_test([0.1, 0.2, 0.1], [1.0, 1.05, 0.95], 1.0, draw, **SEQ)
+    assert (test.indicator, taken) == (-1, [])
+    assert test.difference < 0 and test.statistic < -2.0
+
+
+def test_close_call_draws_more_own_batches_until_decided() -> None:
+    # one sampled batch at 1.4 x s: with the floored sd (0.2 |s| a side) t = 0.4 / 0.231 < 2;
+    # a second own batch at 1.45 gives t = 0.425 / 0.183 > 2
+    draw, taken = _draws([1.45, 1.3, 1.3])
+    test = sequential_own_test([1.4], [1.0, 1.0, 1.0], 1.0, draw, **{**SEQ, "sd_floor": 0.2})
+    assert (test.indicator, test.own_batches, taken) == (1, 2, [1.45])
+
+
+def test_undecided_at_the_cap_gives_zero_or_the_sign() -> None:
+    own, rand = [1.05], [1.0, 0.9, 1.1]
+    for undecided, b in (("zero", 0), ("sign", 1), ("negative", 0)):
+        draw, taken = _draws([1.0, 1.1, 1.0, 1.1, 1.0, 1.1, 1.0])
+        test = sequential_own_test(own, rand, 1.0, draw, **{**SEQ, "undecided": undecided})
+        assert (test.indicator, test.own_batches, len(taken)) == (b, 6, 5)  # stopped at max_batches
+    draw, _ = _draws([0.9] * 5)  # leaning against the peer: -1 under "negative"
+    assert sequential_own_test([0.95], rand, 1.0, draw, **{**SEQ, "undecided": "negative"}).indicator == -1
+    draw, taken = _draws([1.0])  # fewer own batches than the cap: stops when they run out
+    assert sequential_own_test(own, rand, 1.0, draw, **SEQ).own_batches == 2
+    with pytest.raises(ValueError, match="undecided"):
+        sequential_own_test(own, rand, 1.0, draw, **{**SEQ, "undecided": "coin"})
+
+
+def test_nan_improvement_never_earns_plus_one() -> None:
+    draw, _ = _draws([])
+    assert sequential_own_test([math.nan], [1.0], 1.0, draw, **SEQ).indicator == -1
+
+
+def test_draw_order_is_a_seeded_permutation() -> None:
+    assert draw_order(7, 123) == draw_order(7, 123)
+    assert sorted(draw_order(7, 123)) == list(range(7))
+    assert draw_order(7, 123) != draw_order(7, 124)  # 1 in 5040 to fail by chance for these seeds
+    assert draw_order(0, 1) == []

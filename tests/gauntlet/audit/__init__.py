@@ -58,6 +58,7 @@ def _score(window: int, uid: int) -> dict[str, Any] | None:
             "indicator": b, "moving_average": 0.05 * b * (window + 1) ** 0.5 / 4, "sync_score": 1.0,
             "steps_behind": 0.0, "max_overlap": 0.82 if uid in (HONEST, COPYCAT) else 0.12,
             "overlap_with": {HONEST: COPYCAT, COPYCAT: HONEST}.get(uid, HONEST),
+            "own_batches": None, "own_difference": None, "own_std_error": None,  # the margin rule
             "score_estimate": None, "scored_exactly": True}  # screening is off in this config
 
 

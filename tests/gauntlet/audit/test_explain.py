@@ -146,3 +146,21 @@ def test_the_2026_rules_that_fired_are_named(tmp_path: Path) -> None:
     rating = _section(explain(tmp_path, MISSING, 3), "Rating")
     assert "2026 rules: cut x0.5: second missing file in a row" in rating
     assert "2026 rules" not in _section(explain(tmp_path, HONEST, 3), "Rating")
+
+
+@pytest.mark.parametrize("b, d, said", [
+    (1, 0.004, "indicator b = +1: over 5 own batches: own per-batch improvement - random = +0.400% +- 2 x 0.100%"),
+    (-1, -0.004, "the upper bound is below 0"),
+    (0, 0.001, "still undecided after 5 own batches (cap 8), so b = +0 (B decays toward 0"),
+    (-1, -0.001, "still undecided after 5 own batches (cap 8), so b = -1 (the difference leans against own data"),
+])
+def test_sequential_test_says_what_it_saw(tmp_path: Path, b: int, d: float, said: str) -> None:
+    tables = synthetic_window(0)
+    sequential = with_overrides(GauntletConfig(), ["uniqueness.own_test=sequential", "uniqueness.own_max_batches=8"])
+    tables["windows"][0]["config_json"] = sequential.to_json()
+    row = next(r for r in tables["scores"] if r["uid"] == HONEST)
+    row.update(indicator=b, own_batches=5, own_difference=d, own_std_error=0.001)
+    AuditStore(tmp_path).write_window(0, tables)
+    scores = _section(explain(tmp_path, HONEST, 0), "Scores")
+    assert said in scores and f"(t = {d / 0.001:+.2f})" in scores
+    assert "r_own > s_k" not in scores  # not the margin rule's words

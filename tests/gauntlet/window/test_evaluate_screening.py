@@ -67,7 +67,7 @@ def test_screened_evaluate_scores_the_chosen_exactly_and_calibrates_the_rest(win
         assert mine.own_before == theirs.own_before and mine.own_after == theirs.own_after
         assert mine.rand_after == theirs.rand_after
         assert mine.rand_before == pytest.approx(theirs.rand_before, rel=1e-9)
-        assert got.scores[uid].indicator in (-1, 1)
+        assert got.scores[uid].indicator in (-1, 0, 1)  # 0: the sequential test undecided
     for uid in got.screened:
         assert got.scores[uid].own_improvement is None and got.scores[uid].indicator is None
     # the estimate ranks the hostile peers last, as the exact scores do
