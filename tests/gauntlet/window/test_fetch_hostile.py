@@ -151,7 +151,9 @@ def test_different_content_on_each_read_is_equivocation(honest, baseline, tmp_pa
 
 
 def test_an_endless_body_is_read_only_up_to_the_cap(honest, tmp_path):
-    big = load_config(overrides=[*CFG_OVERRIDES, "filter.max_file_mb=1"])
+    # a long time budget: the cap, not the clock, must stop this read (a loaded CI machine once
+    # took over the 2 s budget to serve the first MiB, and the read ended as `missing`)
+    big = load_config(overrides=[*CFG_OVERRIDES, "filter.max_file_mb=1", "filter.fetch_timeout_s=30"])
     with HostileS3(Answer(body=endless(), headers={"Content-Length": "100"})) as liar:  # announced 100 bytes
         hostile, _, _ = _fetch_with(liar, honest, tmp_path, big)
     # only what was announced is read; the bytes after it make the answer malformed when seen in time
