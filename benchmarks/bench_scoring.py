@@ -133,15 +133,26 @@ def scoring_run(setup: Setup, n_peers: int) -> dict:
 
 
 def efficiency(size: str, peer_counts: tuple[int, ...]) -> dict:
+    """Each run's CPU time over its floor, the matmul rate measured just before and just after it
+    (the floor is the mean of the two): on a shared machine the neighbours' load on the shared
+    core and caches drifts, and bracketing makes the ratio see the same machine on both sides."""
     setup = Setup(size)
     d = setup.cfg.data
-    rate = matmul_rate(setup.model.config.hidden_size, d.batch_size * d.seq_len)
-    runs = [scoring_run(setup, n) for n in peer_counts]
-    for run in runs:
-        run["floor_s"] = run["flops"] / rate
+
+    def rate() -> float:
+        return matmul_rate(setup.model.config.hidden_size, d.batch_size * d.seq_len)
+
+    scoring_run(setup, 1)  # untimed: the scratch copy, the allocator's first growth, lazy imports
+    rates, runs = [rate()], []
+    for n in peer_counts:
+        runs.append(scoring_run(setup, n))
+        rates.append(rate())
+    for run, before, after in zip(runs, rates, rates[1:]):
+        run["floor_s"] = run["flops"] * (1 / before + 1 / after) / 2
         run["efficiency"] = run["seconds"] / run["floor_s"]
     total = sum(r["seconds"] for r in runs) / sum(r["floor_s"] for r in runs)
-    return {"matmul_flops_per_s": rate, "runs": runs, "efficiency": total}
+    return {"matmul_flops_per_s": statistics.median(rates), "matmul_flops_per_s_runs": rates, "runs": runs,
+            "efficiency": total}
 
 
 def _rss_kib(field: str) -> int:

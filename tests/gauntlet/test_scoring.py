@@ -98,3 +98,17 @@ def test_a_precomputed_random_baseline_gives_identical_losses():
     baseline = evaluator.mean_loss(evaluator.theta, rand).item()
     assert score_peers(evaluator, deltas, own, rand, 0.01, rand_before=baseline) == \
         score_peers(LossEvaluator(model), deltas, own, rand, 0.01)
+
+
+def test_the_perturbed_copy_is_bit_identical_to_copy_then_add():
+    """One fused pass must give exactly theta + (-eta) * sign(delta): scores and replays depend on
+    these bits. Zeros in the delta (sign 0) and both signs are covered."""
+    model = build_model("tiny", VOCAB, seed=0)
+    evaluator = LossEvaluator(model)
+    delta = _deltas(model, 1)[0]
+    delta = {n: t * (t.abs() > 0.5) for n, t in delta.items()}  # many exact zeros
+    for eta in (1e-4, 3.7e-3):
+        got = evaluator.perturbed(delta, eta)
+        for name, theta in evaluator.theta.items():
+            want = theta.clone().add_(torch.sign(delta[name]), alpha=-eta)
+            assert torch.equal(got[name], want), name
