@@ -150,10 +150,12 @@ def _setup() -> tuple[Network, dict[str, float]]:
 def _compare(net: Network, store: AuditStore, repeats: int) -> dict:
     """Three arms in turn on one window; the first run of each (context, API server) is reported apart.
 
-    `direct_thread` runs the same direct call in a worker thread, as the flow runs its scoring
-    task: on this CPU the scorer is faster off the main thread (glibc's main malloc arena maps
-    and trims the big transient tensors; measured in development: the gap closed with
-    GLIBC_TUNABLES raising malloc's trim and mmap thresholds), so that arm isolates Prefect.
+    `direct_thread` runs the same direct call in a worker thread. Until `build_model` kept freed
+    memory (`gauntlet.model.keep_freed_memory`) the scorer ran faster there than in the main
+    thread, where glibc's main arena unmapped and trimmed the big transient tensors so that
+    every batch page-faulted them in again, and the flow runs its tasks in the main thread (a
+    sync flow calls its tasks inline): that, not Prefect, was most of the flow's measured 19%
+    over this arm. Both direct arms now agree, and the flow over either isolates Prefect.
     """
     pool = ThreadPoolExecutor(1)
     arms: dict[str, Callable[[], float]] = {

@@ -4,9 +4,11 @@
    the model's hidden size, one thread. It is the `device_flops` of the floor.
 2. `scoring_efficiency_<size>`: `score_peers` (the validator's scorer) on the local network's
    data settings, measured time over the forward-pass floor of the tokens it forwarded
-   (`gauntlet.costmodel`); `per_peer_time_spread`: the time per peer at 4, 16 and 64 peers on
-   `tiny`, as the spread max / min - 1 (issue 14's "flat within 15%" is a spread <= 0.15; the shared
-   random-before is amortised, nothing else should change).
+   (`gauntlet.costmodel`), the matmul rate measured just before and after each run; where the
+   time goes (`time_breakdown`: matmuls, log-softmax, attention, other); `per_peer_time_spread`:
+   the time per peer at 4, 16 and 64 peers on `tiny`, as the spread max / min - 1 (issue 14's
+   "flat within 15%" is a spread <= 0.15; the shared random-before is amortised, nothing else
+   should change).
 3. `peak_memory_growth_per_peer`: the peak resident memory of scoring with a fresh dense delta
    per peer (as decoding makes), at 2 and at 10 peers, as a fraction of one delta's bytes.
 4. Screening on `tiny` after TRAIN_STEPS AdamW steps: honest peers (real gradients through the
@@ -155,6 +157,31 @@ def efficiency(size: str, peer_counts: tuple[int, ...]) -> dict:
             "efficiency": total}
 
 
+OP_GROUPS = {
+    "matmul": ("aten::mm", "aten::addmm", "aten::bmm"),
+    "log_softmax_nll": ("aten::_log_softmax", "aten::nll_loss_forward", "aten::nll_loss2d_forward"),
+    "attention": ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_scaled_dot_product_attention_math",
+                  "aten::_scaled_dot_product_flash_attention", "aten::_scaled_dot_product_efficient_attention"),
+}
+"""torch.profiler op names (self time) per group of `time_breakdown`."""
+
+
+def time_breakdown(size: str, n_peers: int = 4) -> dict[str, float]:
+    """Where scoring's CPU time goes (torch.profiler's self time by op, grouped): the matrix
+    products the floor counts, the loss's log-softmax (not in the floor), attention (in the floor
+    at full length; the causal kernel is slower than a matmul), and everything else
+    (elementwise ops, RMSNorm, RoPE, Python). Shares of the profiled total."""
+    from torch.profiler import ProfilerActivity, profile
+    setup = Setup(size)
+    scoring_run(setup, 1)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        scoring_run(setup, n_peers)
+    self_us = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
+    total = sum(self_us.values())
+    shares = {g: sum(self_us.get(op, 0.0) for op in ops) / total for g, ops in OP_GROUPS.items()}
+    return shares | {"other": 1.0 - sum(shares.values())}
+
+
 def _rss_kib(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -283,6 +310,7 @@ def main() -> dict:
     torch.set_num_threads(1)
     started = time.process_time()
     tiny, small = efficiency("tiny", (4, 16, 64)), efficiency("small", (4,))
+    tiny["time_breakdown"], small["time_breakdown"] = time_breakdown("tiny"), time_breakdown("small", 2)
     per_peer = [r["per_peer_s"] for r in tiny["runs"]]
     memory = peak_memory_growth()
     setup = Setup("tiny")
