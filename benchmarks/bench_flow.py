@@ -150,12 +150,14 @@ def _setup() -> tuple[Network, dict[str, float]]:
 def _compare(net: Network, store: AuditStore, repeats: int) -> dict:
     """Three arms in turn on one window; the first run of each (context, API server) is reported apart.
 
-    `direct_thread` runs the same direct call in a worker thread. Until `build_model` kept freed
-    memory (`gauntlet.model.keep_freed_memory`) the scorer ran faster there than in the main
-    thread, where glibc's main arena unmapped and trimmed the big transient tensors so that
-    every batch page-faulted them in again, and the flow runs its tasks in the main thread (a
-    sync flow calls its tasks inline): that, not Prefect, was most of the flow's measured 19%
-    over this arm. Both direct arms now agree, and the flow over either isolates Prefect.
+    `direct_thread` runs the same direct call in a worker thread, as the flow runs its evaluate
+    stage (submitted to the flow run's thread-pool task runner). Until `build_model` kept freed
+    memory (`gauntlet.model.keep_freed_memory`), glibc returned the big transient tensors to the
+    kernel and scoring page-faulted them in again batch after batch, at a cost that differed
+    between the main thread, this arm's long-lived thread and the fresh task-runner thread of
+    each flow run: the last added about 0.6 s to the flow's evaluate stage on a 5-10 s window,
+    most of the 19% once measured here. The arms now agree within noise, and the flow over
+    `direct_thread` isolates Prefect (its flow run, task runs, artifacts and events).
     """
     pool = ThreadPoolExecutor(1)
     arms: dict[str, Callable[[], float]] = {
