@@ -100,8 +100,10 @@ def keep_freed_memory(limit: int = HEAP_KEEP_BYTES) -> bool:
     is free, so every batch page-faults its activations in again: measured on the `tiny` model,
     about a million minor faults and 20% of scoring's CPU time in the kernel (issue 14). Raising
     the mmap and trim thresholds keeps the process's working set allocated; its peak is unchanged.
-    Values are untouched (torch aligns every tensor to 64 bytes either way). Once per process;
-    False where the C library is not glibc (nothing to do) or refuses the setting.
+    It holds in worker threads too (a flow's tasks), except for blocks too big for glibc's 64 MiB
+    per-thread heaps, which stay mapped per use. Values are untouched (torch aligns every tensor
+    to 64 bytes either way). Once per process; False where the C library is not glibc (nothing
+    to do) or refuses the setting.
     """
     if _HEAP_KEPT:
         return _HEAP_KEPT[0]

@@ -198,15 +198,15 @@ def test_buffers_equal_those_of_a_model_built_the_usual_way():
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="needs glibc")
 def test_freed_activation_memory_is_reused_without_page_faults():
     """A block above glibc's largest default mmap threshold (32 MiB) is unmapped on free by default,
-    so every batch would fault its pages in again; kept, the second allocation faults (almost) none."""
+    so every batch would fault its pages in again (every allocation below faults all its pages
+    without the setting); kept, the heap serves it again once it has settled."""
     assert keep_freed_memory()
-    elems = (48 << 20) // 4  # 48 MiB of float32
+    size = 40 << 20
 
     def faults_of_one_allocation() -> int:
         before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
-        torch.empty(elems).fill_(1.0)  # touched, then freed
+        torch.empty(size // 4).fill_(1.0)  # touched, then freed
         return resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before
 
-    faults_of_one_allocation()
-    pages = (48 << 20) // 4096
-    assert faults_of_one_allocation() < pages // 10
+    faults = [faults_of_one_allocation() for _ in range(5)]
+    assert min(faults[2:]) < size // 4096 // 10, faults
