@@ -150,10 +150,14 @@ def _setup() -> tuple[Network, dict[str, float]]:
 def _compare(net: Network, store: AuditStore, repeats: int) -> dict:
     """Three arms in turn on one window; the first run of each (context, API server) is reported apart.
 
-    `direct_thread` runs the same direct call in a worker thread, as the flow runs its scoring
-    task: on this CPU the scorer is faster off the main thread (glibc's main malloc arena maps
-    and trims the big transient tensors; measured in development: the gap closed with
-    GLIBC_TUNABLES raising malloc's trim and mmap thresholds), so that arm isolates Prefect.
+    `direct_thread` runs the same direct call in a worker thread, as the flow runs its evaluate
+    stage (submitted to the flow run's thread-pool task runner). Until `build_model` kept freed
+    memory (`gauntlet.model.keep_freed_memory`), glibc returned the big transient tensors to the
+    kernel and scoring page-faulted them in again batch after batch, at a cost that differed
+    between the main thread, this arm's long-lived thread and the fresh task-runner thread of
+    each flow run: the last added about 0.6 s to the flow's evaluate stage on a 5-10 s window,
+    most of the 19% once measured here. The arms now agree within noise, and the flow over
+    `direct_thread` isolates Prefect (its flow run, task runs, artifacts and events).
     """
     pool = ThreadPoolExecutor(1)
     arms: dict[str, Callable[[], float]] = {

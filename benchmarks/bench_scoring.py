@@ -4,9 +4,11 @@
    the model's hidden size, one thread. It is the `device_flops` of the floor.
 2. `scoring_efficiency_<size>`: `score_peers` (the validator's scorer) on the local network's
    data settings, measured time over the forward-pass floor of the tokens it forwarded
-   (`gauntlet.costmodel`); `per_peer_time_spread`: the time per peer at 4, 16 and 64 peers on
-   `tiny`, as the spread max / min - 1 (issue 14's "flat within 15%" is a spread <= 0.15; the shared
-   random-before is amortised, nothing else should change).
+   (`gauntlet.costmodel`), the matmul rate measured just before and after each run; where the
+   time goes (`time_breakdown`: matmuls, log-softmax, attention, other); `per_peer_time_spread`:
+   the time per peer at 4, 16 and 64 peers on `tiny`, as the spread max / min - 1 (issue 14's
+   "flat within 15%" is a spread <= 0.15; the shared random-before is amortised, nothing else
+   should change).
 3. `peak_memory_growth_per_peer`: the peak resident memory of scoring with a fresh dense delta
    per peer (as decoding makes), at 2 and at 10 peers, as a fraction of one delta's bytes.
 4. Screening on `tiny` after TRAIN_STEPS AdamW steps: honest peers (real gradients through the
@@ -17,7 +19,10 @@
    window, and GPUs for a 250-peer window with and without screening.
 6. `gpu_peers_per_window` and `gpu_mfu`: `benchmarks.scoring_gpu` on the 1.2B model in bf16 when a
    CUDA device is present (None and the reason otherwise).
+7. `codec_share_small`: parsing and decoding a file's share of scoring a peer on `small`, on
+   files the configured codec wrote (`bench_window`'s `codec_share` is the real stage on `tiny`).
 
+The set-up and the speed measurements (items 1, 2, 7) live in `benchmarks/scoring_setup.py`.
 Times are CPU seconds of this process (`time.process_time`, one torch thread): on a shared
 machine the wall clock measures the neighbours. The local network's data settings are used with
 `scoring.sample_rate = 0.25` (3 of 12 batches per loader), to keep the run short.
@@ -29,119 +34,26 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from benchmarks import scoring_gpu
+from benchmarks.scoring_setup import SEED, Deltas, Setup, codec_share, efficiency, time_breakdown
 from gauntlet.codec import DCTCodec
-from gauntlet.config import GauntletConfig, load_config
+from gauntlet.config import load_config
 from gauntlet.costmodel import (FINEWEB_TOKENS_PER_ROW, H200_BF16_DENSE, PAPER_VOCAB, ScoringCost, exact_peers,
-                                forward_flops_per_token, gpus_needed, peers_per_window, window_seconds)
-from gauntlet.data import Corpus, load_tokenizer, page_batches, random_pages, sample_batches
-from gauntlet.miner import mean_gradient, own_pages
+                                gpus_needed, peers_per_window, window_seconds)
+from gauntlet.data import random_pages
+from gauntlet.miner import mean_gradient
 from gauntlet.model import build_model
-from gauntlet.prepare import prepare
 from gauntlet.scoring import LossEvaluator, score_peers
 from gauntlet.screening import calibrated, choose_exact, first_order_score, random_gradient, spearman, topg_overlap
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-WORK = HERE / ".work"
 RESULTS = HERE / "results" / "scoring.json"
-SEED, WINDOW, MFU, TRAIN_STEPS = 1234, 1, 0.4, 60
-
-
-def _config(size: str) -> GauntletConfig:
-    data = prepare(None, WORK / "data" / "corpus", WORK / "data" / "tokenizer")
-    return load_config(ROOT / "deployments" / "local.toml", overrides={
-        "model": {"size": size}, "data": {"corpus": str(data.corpus), "tokenizer": str(data.tokenizer)},
-        "scoring": {"sample_rate": 0.25}})
-
-
-def matmul_rate(hidden: int, tokens: int, seconds: float = 0.5) -> float:
-    """FLOP/s of a float32 (tokens, hidden) @ (hidden, 4 * hidden) product, median of runs."""
-    g = torch.Generator().manual_seed(0)
-    a, b = torch.randn(tokens, hidden, generator=g), torch.randn(hidden, 4 * hidden, generator=g)
-    runs, end = [], time.process_time() + seconds
-    while time.process_time() < end or len(runs) < 5:  # CPU time: the neighbours' load does not count
-        start = time.process_time()
-        torch.mm(a, b)
-        runs.append(time.process_time() - start)
-    return 2.0 * tokens * hidden * 4 * hidden / statistics.median(runs)
-
-
-class Deltas(Mapping[int, Mapping[str, Tensor]]):
-    """Dense deltas made on access, like decoding: `fresh` draws a new one for every access (a new
-    allocation, for the memory test), otherwise a few are cycled (so the timing is scoring's)."""
-
-    def __init__(self, model: torch.nn.Module, uids: list[int], fresh: bool = False) -> None:
-        self.shapes = {n: p.shape for n, p in model.named_parameters()}
-        self.uids, self.fresh = uids, fresh
-        self.cycled = [] if fresh else [self._draw(i) for i in range(4)]
-
-    def _draw(self, uid: int) -> dict[str, Tensor]:
-        g = torch.Generator().manual_seed(uid)
-        return {n: torch.randn(s, generator=g) for n, s in self.shapes.items()}
-
-    def __getitem__(self, uid: int) -> Mapping[str, Tensor]:
-        return self._draw(uid) if self.fresh else self.cycled[uid % len(self.cycled)]
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.uids)
-
-    def __len__(self) -> int:
-        return len(self.uids)
-
-
-class Setup:
-    def __init__(self, size: str) -> None:
-        self.cfg = _config(size)
-        self.corpus, self.tokenizer = Corpus(self.cfg.data.corpus), load_tokenizer(self.cfg.data.tokenizer)
-        self.vocab = len(self.tokenizer)
-        self.model = build_model(size, self.vocab, self.cfg.model.init_seed)
-
-    def sampled(self, pages: list[int], seed: int) -> list[Tensor]:
-        batches = page_batches(self.corpus, self.tokenizer, pages, self.cfg.data)
-        return sample_batches(batches, self.cfg.scoring.sample_rate, seed)
-
-    def own(self, uids: list[int]) -> dict[int, list[Tensor]]:
-        return {u: self.sampled(own_pages(u, WINDOW, self.corpus, self.cfg), SEED + u) for u in uids}
-
-    def rand(self) -> list[Tensor]:
-        n_pages = self.corpus.n_pages(self.cfg.data.rows_per_page)
-        return self.sampled(random_pages(SEED, self.cfg.scoring.random_pages, n_pages), SEED)
-
-
-def _tokens(batches: list[Tensor]) -> int:
-    return sum(b.numel() for b in batches)
-
-
-def scoring_run(setup: Setup, n_peers: int) -> dict:
-    """One exact scoring of `n_peers`: CPU seconds and the forward FLOPs of the tokens it forwarded."""
-    uids = list(range(1, n_peers + 1))
-    own, rand = setup.own(uids), setup.rand()
-    evaluator, deltas = LossEvaluator(setup.model), Deltas(setup.model, uids)
-    start = time.process_time()
-    score_peers(evaluator, deltas, own, rand, 1e-4)
-    seconds = time.process_time() - start
-    tokens = _tokens(rand) + sum(2 * _tokens(own[u]) + _tokens(rand) for u in uids)
-    fpt = forward_flops_per_token(setup.cfg.model.size, setup.vocab, setup.cfg.data.seq_len)
-    return {"peers": n_peers, "seconds": seconds, "per_peer_s": seconds / n_peers, "flops": fpt * tokens}
-
-
-def efficiency(size: str, peer_counts: tuple[int, ...]) -> dict:
-    setup = Setup(size)
-    d = setup.cfg.data
-    rate = matmul_rate(setup.model.config.hidden_size, d.batch_size * d.seq_len)
-    runs = [scoring_run(setup, n) for n in peer_counts]
-    for run in runs:
-        run["floor_s"] = run["flops"] / rate
-        run["efficiency"] = run["seconds"] / run["floor_s"]
-    total = sum(r["seconds"] for r in runs) / sum(r["floor_s"] for r in runs)
-    return {"matmul_flops_per_s": rate, "runs": runs, "efficiency": total}
+MFU, TRAIN_STEPS = 0.4, 60
 
 
 def _rss_kib(field: str) -> int:
@@ -272,6 +184,8 @@ def main() -> dict:
     torch.set_num_threads(1)
     started = time.process_time()
     tiny, small = efficiency("tiny", (4, 16, 64)), efficiency("small", (4,))
+    tiny["time_breakdown"], small["time_breakdown"] = time_breakdown("tiny"), time_breakdown("small", 2)
+    small["codec"] = codec_share("small")
     per_peer = [r["per_peer_s"] for r in tiny["runs"]]
     memory = peak_memory_growth()
     setup = Setup("tiny")
@@ -282,6 +196,7 @@ def main() -> dict:
         "scoring_efficiency_tiny": tiny["efficiency"], "scoring_efficiency_small": small["efficiency"],
         "per_peer_time_spread": max(per_peer) / min(per_peer) - 1,
         "peak_memory_growth_per_peer": memory["growth_per_peer_in_deltas"],
+        "codec_share_small": small["codec"]["codec_share"],
         "screening_spearman": screen["spearman_estimate"],
         "screening_topg_overlap": screen["topg_overlap_estimate"],
         "screening_speedup": screen["speedup"],

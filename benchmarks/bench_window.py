@@ -16,6 +16,10 @@
    on the same peers and batches, alternated; both must give the same losses. The batch
    evaluations each path makes and the cost of one on each (and of one deep copy) explain the
    ratio.
+5. `codec_share`: the share of the evaluate stage's time (the real stage on the 12-peer network's
+   scored window) spent decoding the peers' files: re-reading each archived file
+   (`load_submission`: read, hash, parse) and `codec.decode_all`. Both are timed inside the
+   stage's own run, by timing wrappers around the real calls, in CPU seconds of this process.
 
 Networks live in `benchmarks/.work/`. Run: `.venv/bin/python -m benchmarks.bench_window`.
 """
@@ -49,7 +53,7 @@ from gauntlet.scoring import LossEvaluator
 from gauntlet.storage import Bucket, BucketSpec, gradient_key
 from gauntlet.submission import Submission, parse_submission, write_submission
 from gauntlet.state import restore_state
-from gauntlet.window import fetch, filter as filter_, plan as plan_
+from gauntlet.window import evaluate as evaluate_module, fetch, filter as filter_, plan as plan_
 from gauntlet.window.context import ModelContext, context_for, corpus_for, model_spec
 from gauntlet.window.evaluate import run as evaluate_peers
 from gauntlet.window.load import load_submission
@@ -200,12 +204,70 @@ def _parts(ctx: ModelContext, batch: Tensor, repeats: int = 10) -> dict[str, flo
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def _scorer_vs_naive(net: Network, ctx: ModelContext, repeats: int) -> dict:
+def _scored_window(net: Network) -> tuple[GauntletConfig, WindowPlan, fetch.Fetched, list[int]]:
+    """SCORED_WINDOW's plan, fetched files and chosen peers (stages 0-1 again; theta_W loaded)."""
     cfg = net.config
     state = restore_state(AuditStore(cfg.audit.root), before_window=SCORED_WINDOW)
     plan = plan_.plan_window(net.chain, cfg, SCORED_WINDOW, cfg.validator.hotkey)
     fetched = fetch.run(cfg, plan)
-    chosen = filter_.run(cfg, plan, fetched, state).chosen  # loads theta_W into ctx.model
+    return cfg, plan, fetched, list(filter_.run(cfg, plan, fetched, state).chosen)
+
+
+class _TimedCodec:
+    """The context's codec, its `decode_all` replaced by a timed call of the same method."""
+
+    def __init__(self, codec: object, decode_all: Callable) -> None:
+        self._codec, self.decode_all = codec, decode_all
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._codec, name)
+
+
+class _DecodeClock:
+    """CPU seconds spent in the evaluate stage's decoding while it is active: the real
+    `load_submission` and `codec.decode_all`, each wrapped by a timer (nothing else changes)."""
+
+    def __init__(self, ctx: ModelContext) -> None:
+        self.ctx, self.seconds, self.calls = ctx, 0.0, 0
+
+    def _timed(self, fn: Callable) -> Callable:
+        def timed(*args: object, **kwargs: object) -> object:
+            start = time.process_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds += time.process_time() - start
+                self.calls += 1
+        return timed
+
+    def __enter__(self) -> _DecodeClock:
+        self.codec, self.load = self.ctx.codec, evaluate_module.load_submission
+        self.ctx.codec = _TimedCodec(self.codec, self._timed(self.codec.decode_all))
+        evaluate_module.load_submission = self._timed(self.load)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.ctx.codec, evaluate_module.load_submission = self.codec, self.load
+
+
+def codec_share(net: Network, ctx: ModelContext, repeats: int = 3) -> dict:
+    """Decoding's share of the evaluate stage, median over `repeats` runs of the stage."""
+    cfg, plan, fetched, chosen = _scored_window(net)
+    runs = []
+    for _ in range(repeats):
+        with _DecodeClock(ctx) as clock:
+            start = time.process_time()
+            evaluate_peers(cfg, plan, fetched, chosen)
+            stage = time.process_time() - start
+        runs.append({"stage_s": stage, "decode_s": clock.seconds, "decode_calls": clock.calls,
+                     "share": clock.seconds / stage})
+    return {"window": SCORED_WINDOW, "peers": len(chosen), "model": cfg.model.size,
+            "screening": cfg.screening.enabled, "runs": runs,
+            "codec_share": statistics.median(r["share"] for r in runs)}
+
+
+def _scorer_vs_naive(net: Network, ctx: ModelContext, repeats: int) -> dict:
+    cfg, plan, fetched, chosen = _scored_window(net)
     records = fetched.by_uid()
     subs = {u: load_submission(cfg, ctx, plan, records[u]) for u in chosen}
 
@@ -246,6 +308,8 @@ def main(repeats: int = 3) -> dict:
     result["miner_phase"] = networks
     result["validator"] = validators
     result["scorer_vs_naive"] = _scorer_vs_naive(nets[small], contexts[small], repeats)
+    result["codec"] = codec_share(nets[small], contexts[small], repeats)
+    result["codec_share"] = result["codec"]["codec_share"]
     m12, v12 = networks[small]["median_s"], validators[small]["median"]
     result["window_12_peers_s"] = {"miner_phase": m12["total"], "validator": v12["total"],
                                    "total": m12["total"] + v12["total"]}

@@ -103,8 +103,8 @@ class LossEvaluator:
         missing = set(self.theta) - set(delta)
         if missing:
             raise ValueError(f"delta lacks parameters: {sorted(missing)[:3]}...")
-        for name, out in self._scratch.items():
-            out.copy_(self.theta[name]).add_(torch.sign(delta[name].to(self.device)), alpha=-eta)
+        for name, out in self._scratch.items():  # one pass; eta * sign is exact, so the bits are copy-then-add's
+            torch.sub(self.theta[name], torch.sign(delta[name].to(self.device)), alpha=eta, out=out)
         return self._scratch
 
 

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import hashlib
+import platform
+import resource
 
 import pytest
 import torch
@@ -11,6 +13,7 @@ from gauntlet.model import (
     SIZES,
     autocast,
     build_model,
+    keep_freed_memory,
     llama_config,
     model_fingerprint,
     param_shapes,
@@ -190,3 +193,20 @@ def test_buffers_equal_those_of_a_model_built_the_usual_way():
         assert buffers[name].device.type == "cpu"
         assert torch.equal(buffers[name], ref), name
     assert all(p.device.type == "cpu" for p in model.parameters())
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="needs glibc")
+def test_freed_activation_memory_is_reused_without_page_faults():
+    """A block above glibc's largest default mmap threshold (32 MiB) is unmapped on free by default,
+    so every batch would fault its pages in again (every allocation below faults all its pages
+    without the setting); kept, the heap serves it again once it has settled."""
+    assert keep_freed_memory()
+    size = 40 << 20
+
+    def faults_of_one_allocation() -> int:
+        before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+        torch.empty(size // 4).fill_(1.0)  # touched, then freed
+        return resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before
+
+    faults = [faults_of_one_allocation() for _ in range(5)]
+    assert min(faults[2:]) < size // 4096 // 10, faults

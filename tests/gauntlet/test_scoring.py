@@ -146,3 +146,17 @@ def test_per_batch_scoring_gives_the_same_four_floats_as_score_peers(shared: boo
         assert (again.before[0], again.after[0]) == (own_l.before[1], own_l.after[1])
         tokens = sum(own_l.tokens)
         assert sum(b * n for b, n in zip(own_l.before, own_l.tokens)) / tokens == pytest.approx(losses.own_before)
+
+
+def test_the_perturbed_copy_is_bit_identical_to_copy_then_add():
+    """One fused pass must give exactly theta + (-eta) * sign(delta): scores and replays depend on
+    these bits. Zeros in the delta (sign 0) and both signs are covered."""
+    model = build_model("tiny", VOCAB, seed=0)
+    evaluator = LossEvaluator(model)
+    delta = _deltas(model, 1)[0]
+    delta = {n: t * (t.abs() > 0.5) for n, t in delta.items()}  # many exact zeros
+    for eta in (1e-4, 3.7e-3):
+        got = evaluator.perturbed(delta, eta)
+        for name, theta in evaluator.theta.items():
+            want = theta.clone().add_(torch.sign(delta[name]), alpha=-eta)
+            assert torch.equal(got[name], want), name
