@@ -1,0 +1,50 @@
+"""`make bench`'s runner: the summary it writes, the order it runs benchmarks in, its options."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import run
+
+
+def test_summary_opens_with_the_goals_table_computed_from_the_figures(tmp_path: Path) -> None:
+    results = {"incentive": {"honest_pay_cv": 0.6, "honest_weight_share": 1.0, "peers": 13, "mix": ["honest"]},
+               "flow": {"flow_over_direct_thread": 1.05}}
+    timing = {"": {"jobs": 2, "load_before": 1.0, "seconds": 600.0, "load_after": 2.0},
+              "incentive": {"seconds": 500.0, "load_after": 2.0}, "flow": {"seconds": 90.0, "load_after": 1.5}}
+    written = run.write_summary(tmp_path, results, timing)
+    figures = json.loads(written.read_text())
+    assert figures["honest_pay_cv"] == 0.6 and figures["prefect_overhead"] == 1.05 and "peers" not in figures
+    md = (tmp_path / "RESULTS.md").read_text()
+    sections = [line for line in md.splitlines() if line.startswith("## ")]
+    assert sections[:2] == ["## Goals (issues 10 and 14)", "## Headline figures (`results.json`)"]
+    assert "| 0.6 | **missed** by 0.3 (2x the target) |" in md  # honest_pay_cv <= 0.3 in goals.toml
+    assert "| 1.05 | met |" in md  # prefect_overhead <= 1.1
+    assert "- `incentive`: 500 s, load 2.0" in md and "600 s wall in all, 2 job(s)" in md
+    assert "Quick run" not in md
+    run.write_summary(tmp_path, results, quick=True)  # --collect of a quick run: no timing, flagged
+    md = (tmp_path / "RESULTS.md").read_text()
+    assert "Quick run" in md and "s wall in all" not in md
+
+
+def test_jobs_run_longest_first_and_unknown_benchmarks_in_the_middle(tmp_path: Path) -> None:
+    names = ["codec", "screening", "newcomer", "window"]
+    benches = {n: run.Bench(n, tmp_path / f"{n}.json", split=False) for n in names}
+    order = [job.name for job in run._jobs(benches, False, tmp_path)]
+    assert order == ["screening", "window", "newcomer", "codec"]
+    assert all(b.jobs == 1 for b in benches.values())
+
+
+def test_options_refuse_what_cannot_run(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        run._parse(["--jobs", "0"])
+    assert "--jobs must be at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="unknown benchmark"):
+        run._names(["no_such_bench"])
+    with pytest.raises(SystemExit, match="no quick mode in codec"):
+        run._modules(["codec", "incentive"], quick=True, named=True)
+    assert run._modules(["codec", "incentive"], quick=True, named=False) == {"incentive": True}
+    assert run._modules(["codec"], quick=False, named=True) == {"codec": False}
