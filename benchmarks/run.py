@@ -24,6 +24,7 @@ within its own process. `--quick` (CI smoke) runs only the benchmarks that have 
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 import json
 import os
@@ -74,8 +75,9 @@ def _timing(timing: dict[str, dict] | None) -> list[str]:
     run = timing.get("", {})
     lines = [f"Run: {run.get('seconds', 0):.0f} s wall in all, {run.get('jobs')} job(s) at a time on "
              f"{os.cpu_count()} CPU(s), load average {run.get('load_before')} before and {run.get('load_after')} "
-             "after; per benchmark (wall seconds, load average at its end):", ""]
-    lines += [f"- `{name}`: {t['seconds']:.0f} s, load {t['load_after']}" for name, t in timing.items() if name]
+             "after; per benchmark (wall seconds, CPU seconds of its processes, load average at its end):", ""]
+    lines += [f"- `{name}`: {t['seconds']:.0f} s, {t.get('cpu_s', 0):.0f} CPU s, load {t['load_after']}"
+              for name, t in timing.items() if name]
     return lines + [""]
 
 
@@ -149,32 +151,35 @@ class Bench:
     jobs: int = 0
     done: list = field(default_factory=list)
     spans: list[tuple[float, float]] = field(default_factory=list)
+    cpu_s: float = 0.0
 
 
-def _worker(name: str, results: str, args: tuple) -> tuple[float, float, object]:
-    """In a fresh process: one benchmark's main(), or one part (`run_one(*args)`) of a split one."""
+def _worker(name: str, results: str, args: tuple) -> tuple[float, float, float, object]:
+    """In a fresh process: one benchmark's main(), or one part (`run_one(*args)`) of a split one;
+    (start, end, CPU seconds of this process, result). CPU seconds do not grow with the machine's
+    other load, so they say what the run costs where wall seconds say what it took."""
     torch.set_num_threads(1)
-    started = time.time()
+    started, cpu = time.time(), time.process_time()
     module = importlib.import_module(f"benchmarks.bench_{name}")
     module.RESULTS = Path(results)
     value = module.run_one(*args) if args else module.main()
-    return started, time.time(), value
+    return started, time.time(), time.process_time() - cpu, value
 
 
 def _modules(names: list[str], quick: bool, named: bool) -> dict[str, bool]:
-    """name -> whether the benchmark splits into parts; each checked for its RESULTS. Imported
-    here with the environment restored after: a benchmark may set variables at import
-    (bench_flow's PREFECT_HOME) that must not reach the others' processes."""
-    env, split = dict(os.environ), {}
-    try:
-        for name in names:
-            module = importlib.import_module(f"benchmarks.bench_{name}")
-            if not isinstance(getattr(module, "RESULTS", None), Path):
-                raise SystemExit(f"benchmarks.run: bench_{name}.py must name its output file in RESULTS")
-            split[name] = all(hasattr(module, f) for f in ("parts", "run_one", "combine"))
-    finally:
-        os.environ.clear()
-        os.environ.update(env)
+    """name -> whether the benchmark splits into parts; each checked for its RESULTS. Read from
+    the source, not imported: importing a benchmark may set things up for its own run (bench_flow
+    sets PREFECT_HOME and imports Prefect), which this process and its children must not inherit."""
+    split = {}
+    for name in names:
+        tree = ast.parse((HERE / f"bench_{name}.py").read_text())
+        defined = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+        assigned = {t.id for n in tree.body if isinstance(n, (ast.Assign, ast.AnnAssign))
+                    for target in (n.targets if isinstance(n, ast.Assign) else [n.target])
+                    for t in (target.elts if isinstance(target, ast.Tuple) else [target]) if isinstance(t, ast.Name)}
+        if "RESULTS" not in assigned or "main" not in defined:
+            raise SystemExit(f"benchmarks.run: bench_{name}.py must define main() and name its output file in RESULTS")
+        split[name] = {"parts", "run_one", "combine"} <= defined
     if quick and named and not all(split.values()):
         raise SystemExit(f"benchmarks.run: no quick mode in {', '.join(n for n, s in split.items() if not s)}")
     return {n: s for n, s in split.items() if s or not quick}
@@ -201,8 +206,9 @@ def run_benchmarks(names: list[str], out: Path, quick: bool, jobs: int, named: b
                 if job.name not in errors and _take(bench, future, errors) and len(bench.done) == bench.jobs:
                     results[job.name] = _finish(bench, quick, errors)
                     timing[job.name] = {"seconds": max(e for _, e in bench.spans) - min(s for s, _ in bench.spans),
-                                        "load_after": _load()}
-                    print(f"== {job.name} done in {timing[job.name]['seconds']:.0f} s", flush=True)
+                                        "cpu_s": bench.cpu_s, "load_after": _load()}
+                    print(f"== {job.name} done in {timing[job.name]['seconds']:.0f} s "
+                          f"({bench.cpu_s:.0f} CPU s)", flush=True)
     timing[""] |= {"seconds": time.perf_counter() - started, "load_after": _load()}
     return {n: results[n] for n in split if n in results}, timing, errors
 
@@ -225,13 +231,14 @@ def _jobs(benches: dict[str, Bench], quick: bool, scratch: Path) -> list[Job]:
 def _take(bench: Bench, future: Future, errors: dict[str, str]) -> bool:
     """One finished job's result into its benchmark; False (and the error noted) when it failed."""
     try:
-        start, end, value = future.result()
+        start, end, cpu, value = future.result()
     except Exception as exc:  # a benchmark's failure must not stop the others
         errors[bench.name] = f"{type(exc).__name__}: {exc}"
         print(f"== {bench.name} FAILED: {errors[bench.name]}", flush=True)
         return False
     bench.done.append(value)
     bench.spans.append((start, end))
+    bench.cpu_s += cpu
     return True
 
 

@@ -14,7 +14,7 @@ def test_summary_opens_with_the_goals_table_computed_from_the_figures(tmp_path: 
     results = {"incentive": {"honest_pay_cv": 0.6, "honest_weight_share": 1.0, "peers": 13, "mix": ["honest"]},
                "flow": {"flow_over_direct_thread": 1.05}}
     timing = {"": {"jobs": 2, "load_before": 1.0, "seconds": 600.0, "load_after": 2.0},
-              "incentive": {"seconds": 500.0, "load_after": 2.0}, "flow": {"seconds": 90.0, "load_after": 1.5}}
+              "incentive": {"seconds": 500.0, "cpu_s": 900.0, "load_after": 2.0}, "flow": {"seconds": 90.0, "load_after": 1.5}}
     written = run.write_summary(tmp_path, results, timing)
     figures = json.loads(written.read_text())
     assert figures["honest_pay_cv"] == 0.6 and figures["prefect_overhead"] == 1.05 and "peers" not in figures
@@ -23,7 +23,7 @@ def test_summary_opens_with_the_goals_table_computed_from_the_figures(tmp_path: 
     assert sections[:2] == ["## Goals (issues 10 and 14)", "## Headline figures (`results.json`)"]
     assert "| 0.6 | **missed** by 0.3 (2x the target) |" in md  # honest_pay_cv <= 0.3 in goals.toml
     assert "| 1.05 | met |" in md  # prefect_overhead <= 1.1
-    assert "- `incentive`: 500 s, load 2.0" in md and "600 s wall in all, 2 job(s)" in md
+    assert "- `incentive`: 500 s, 900 CPU s, load 2.0" in md and "600 s wall in all, 2 job(s)" in md
     assert "Quick run" not in md
     run.write_summary(tmp_path, results, quick=True)  # --collect of a quick run: no timing, flagged
     md = (tmp_path / "RESULTS.md").read_text()
