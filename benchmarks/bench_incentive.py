@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import tempfile
 import time
@@ -114,7 +115,12 @@ def parts(quick: bool, scratch: Path) -> list[tuple]:
 
 
 def run_all(mode: dict, jobs: int = 2) -> list[dict]:
-    """Every (preset, seed) run, `jobs` processes at a time (one torch thread each)."""
+    """Every (preset, seed) run, `jobs` processes at a time (one torch thread each), with the
+    allocator settings `make bench` gives its processes (benchmarks.schedule.ALLOCATOR_ENV)."""
+    from benchmarks.schedule import ALLOCATOR_ENV
+
+    for key, value in ALLOCATOR_ENV.items():
+        os.environ.setdefault(key, value)
     with tempfile.TemporaryDirectory(prefix="bench-incentive-data-") as tmp:
         tasks = parts(mode is QUICK, Path(tmp))
         with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
