@@ -52,7 +52,7 @@ def _markdown(results: dict[str, dict], figures: dict[str, object], timing: dict
              f"{platform.machine()}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}, "
              f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}.",
              "Ratios were measured within one run; absolute times are for this machine only.", ""]
-    lines += goals_section(figures, quick=quick) + _headline(figures) + _timing(timing)
+    lines += _timing(timing) + goals_section(figures, quick=quick) + _headline(figures)
     for name, figures_of in results.items():
         lines += [f"## {name}", "", "```json", json.dumps(figures_of, indent=2, default=str), "```", ""]
     return "\n".join(lines)
