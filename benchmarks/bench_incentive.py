@@ -111,7 +111,8 @@ def parts(quick: bool, scratch: Path) -> list[tuple]:
     mode = QUICK if quick else FULL
     data = _prepare_data(Path(scratch))
     PARTIAL.mkdir(parents=True, exist_ok=True)
-    return [(p, s, mode["windows"], data, str(PARTIAL / f"{p}-{s}.json")) for s in mode["seeds"] for p in PRESETS]
+    tag = "-quick" if quick else ""  # a quick run beside a full one must not overwrite its records
+    return [(p, s, mode["windows"], data, str(PARTIAL / f"{p}-{s}{tag}.json")) for s in mode["seeds"] for p in PRESETS]
 
 
 def run_all(mode: dict, jobs: int = 2) -> list[dict]:
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     name = RESULTS.stem + ("_quick" if quick else "")
     if "--from-partial" in argv:  # the figures of an interrupted run, from its per-window records
-        runs = [json.loads(p.read_text()) for p in sorted(PARTIAL.glob("*.json"))]
+        runs = [json.loads(p.read_text()) for p in sorted(PARTIAL.glob("*.json")) if p.stem.endswith("-quick") == quick]
     elif "--from-runs" in argv:  # the figures again (new figures code) from a finished run's records
         runs = json.loads((RESULTS.parent / f"{name}_runs.json").read_text())
         previous = RESULTS.parent / f"{name}.json"  # the run's own duration, not this recomputation's
