@@ -27,11 +27,11 @@ import torch
 HERE = Path(__file__).resolve().parent
 
 
-COST_S = {"incentive": 500, "screening": 380, "window": 240, "flow": 200, "scoring": 95, "audit": 75,
-          "sparseloco": 60, "codec": 55}
-"""CPU seconds of each benchmark (of each part, for one with `parts`) with one torch thread,
-measured on the 2-core machine: only the order matters (longest first, so the short ones fill in
-at the end). A benchmark not listed counts as DEFAULT_COST_S."""
+COST_S = {"screening": 380, "incentive": 360, "window": 280, "flow": 170, "sparseloco": 140, "scoring": 90,
+          "audit": 35, "codec": 12}
+"""CPU seconds of each benchmark (of each part, for one with `parts`) with one torch thread, as
+`make bench` measured them on the 2-core machine (2026-11-30): only the order matters, longest
+first, so that the short ones fill in at the end. A benchmark not listed counts as DEFAULT_COST_S."""
 DEFAULT_COST_S = 120
 
 

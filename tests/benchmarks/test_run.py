@@ -40,7 +40,7 @@ def test_jobs_run_longest_first_and_unknown_benchmarks_in_the_middle(tmp_path: P
     names = ["codec", "screening", "newcomer", "window"]
     benches = {n: schedule.Bench(n, tmp_path / f"{n}.json", split=False) for n in names}
     order = [job.name for job in schedule._jobs(benches, False, tmp_path)]
-    assert order == ["screening", "window", "newcomer", "codec"]
+    assert order == ["screening", "window", "newcomer", "codec"]  # newcomer: DEFAULT_COST_S
     assert all(b.jobs == 1 for b in benches.values())
 
 
