@@ -50,6 +50,7 @@ class Job:
     args: tuple = ()
     """`run_one`'s arguments for one part of a split benchmark; () runs the module's main()."""
     cost: float = DEFAULT_COST_S
+    part: int = 0
 
 
 @dataclass
@@ -60,7 +61,8 @@ class Bench:
     results: Path
     split: bool
     jobs: int = 0
-    done: list = field(default_factory=list)
+    done: dict[int, object] = field(default_factory=dict)
+    """Results by part, as they finish (combined in the parts' order)."""
     spans: list[tuple[float, float]] = field(default_factory=list)
     cpu_s: float = 0.0
 
@@ -116,8 +118,11 @@ def run_benchmarks(names: list[str], out: Path, quick: bool, jobs: int, named: b
             for future in as_completed(futures):
                 job = futures[future]
                 bench = benches[job.name]
-                if job.name not in errors and _take(bench, future, errors) and len(bench.done) == bench.jobs:
-                    results[job.name] = _finish(bench, quick, errors)
+                if job.name in errors or not _take(bench, job, future, errors) or len(bench.done) < bench.jobs:
+                    continue
+                figures = _finish(bench, quick, errors)
+                if figures is not None:
+                    results[job.name] = figures
                     timing[job.name] = {"seconds": max(e for _, e in bench.spans) - min(s for s, _ in bench.spans),
                                         "cpu_s": bench.cpu_s, "load_after": _load()}
                     print(f"== {job.name} done in {timing[job.name]['seconds']:.0f} s "
@@ -133,7 +138,7 @@ def _jobs(benches: dict[str, Bench], quick: bool, scratch: Path) -> list[Job]:
         if bench.split:
             module = importlib.import_module(f"benchmarks.bench_{bench.name}")
             parts = module.parts(quick, scratch / bench.name)
-            queue += [Job(bench.name, tuple(args), cost) for args in parts]
+            queue += [Job(bench.name, tuple(args), cost, i) for i, args in enumerate(parts)]
             bench.jobs = len(parts)
         else:
             queue.append(Job(bench.name, (), cost))
@@ -141,7 +146,7 @@ def _jobs(benches: dict[str, Bench], quick: bool, scratch: Path) -> list[Job]:
     return sorted(queue, key=lambda job: -job.cost)  # stable: a benchmark's parts keep their order
 
 
-def _take(bench: Bench, future: Future, errors: dict[str, str]) -> bool:
+def _take(bench: Bench, job: Job, future: Future, errors: dict[str, str]) -> bool:
     """One finished job's result into its benchmark; False (and the error noted) when it failed."""
     try:
         start, end, cpu, value = future.result()
@@ -149,16 +154,22 @@ def _take(bench: Bench, future: Future, errors: dict[str, str]) -> bool:
         errors[bench.name] = f"{type(exc).__name__}: {exc}"
         print(f"== {bench.name} FAILED: {errors[bench.name]}", flush=True)
         return False
-    bench.done.append(value)
+    bench.done[job.part] = value
     bench.spans.append((start, end))
     bench.cpu_s += cpu
     return True
 
 
-def _finish(bench: Bench, quick: bool, errors: dict[str, str]) -> dict:
+def _finish(bench: Bench, quick: bool, errors: dict[str, str]) -> dict | None:
+    """A benchmark's figures once all its jobs are in: the one result, or its parts combined."""
     if not bench.split:
         return bench.done[0]
     module = importlib.import_module(f"benchmarks.bench_{bench.name}")
     module.RESULTS = bench.results
     seconds = max(e for _, e in bench.spans) - min(s for s, _ in bench.spans)
-    return module.combine(bench.done, quick, seconds)
+    try:
+        return module.combine([bench.done[i] for i in range(bench.jobs)], quick, seconds)
+    except Exception as exc:  # as for a failed job: the other benchmarks go on
+        errors[bench.name] = f"combining its parts: {type(exc).__name__}: {exc}"
+        print(f"== {bench.name} FAILED: {errors[bench.name]}", flush=True)
+        return None

@@ -7,6 +7,7 @@ import os
 import platform
 import subprocess
 import sys
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,19 @@ def test_jobs_run_longest_first_and_unknown_benchmarks_in_the_middle(tmp_path: P
     order = [job.name for job in schedule._jobs(benches, False, tmp_path)]
     assert order == ["screening", "window", "newcomer", "codec"]  # newcomer: DEFAULT_COST_S
     assert all(b.jobs == 1 for b in benches.values())
+
+
+def test_a_failed_benchmark_is_noted_and_a_finished_one_kept(tmp_path: Path) -> None:
+    errors: dict[str, str] = {}
+    failed, ok = Future(), Future()
+    failed.set_exception(RuntimeError("no corpus"))
+    ok.set_result((10.0, 12.5, 2.0, {"figure": 1.0}))
+    broken = schedule.Bench("broken", tmp_path / "broken.json", split=False, jobs=1)
+    assert not schedule._take(broken, schedule.Job("broken"), failed, errors)
+    assert errors == {"broken": "RuntimeError: no corpus"} and not broken.done
+    fine = schedule.Bench("fine", tmp_path / "fine.json", split=False, jobs=1)
+    assert schedule._take(fine, schedule.Job("fine"), ok, errors)
+    assert (fine.spans, fine.cpu_s, schedule._finish(fine, False, errors)) == ([(10.0, 12.5)], 2.0, {"figure": 1.0})
 
 
 def test_options_refuse_what_cannot_run(capsys: pytest.CaptureFixture[str]) -> None:
