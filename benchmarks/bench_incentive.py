@@ -7,13 +7,19 @@ evaluated peer's (s, r_own, b) from the audit `scores` table, and, on the same s
 model each alternative aggregation rule would have reached (`shadow.py`).
 
 Figures (flat keys; `*_paper` for the paper preset): see `incentive_figures`. Written to
-benchmarks/results/incentive.json and the chart incentive.png. `--quick` (CI smoke) runs 3 windows.
+`RESULTS` (benchmarks/results/incentive.json; `benchmarks.run` points it at its output folder),
+the per-window records beside it (incentive_runs.json) and the chart incentive.png. `--quick`
+(CI smoke) runs 3 windows and writes incentive_quick*.
+
+Each (preset, seed) run is one process: `parts` lists them for `benchmarks.run`, which schedules
+them with the other benchmarks on the machine's cores, and `combine` makes the figures of them.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import tempfile
 import time
@@ -22,6 +28,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "incentive.json"
 MIX = (["honest"] * 5 + ["lazy", "diligent", "scaled"]
        + ["alie", "ipm", "sandbagger", "replayer", "data_ignorer"])
 WORK = {"lazy": 0.5, "honest": 1.0, "diligent": 2.0}
@@ -98,44 +105,64 @@ def _prepare_data(root: Path) -> str:
     return str(root)
 
 
+def parts(quick: bool, scratch: Path) -> list[tuple]:
+    """The arguments of every `run_one` of the mode, the corpus prepared once under `scratch`
+    (which must outlive the runs)."""
+    mode = QUICK if quick else FULL
+    data = _prepare_data(Path(scratch))
+    PARTIAL.mkdir(parents=True, exist_ok=True)
+    tag = "-quick" if quick else ""  # a quick run beside a full one must not overwrite its records
+    return [(p, s, mode["windows"], data, str(PARTIAL / f"{p}-{s}{tag}.json")) for s in mode["seeds"] for p in PRESETS]
+
+
 def run_all(mode: dict, jobs: int = 2) -> list[dict]:
-    """Every (preset, seed) run, `jobs` processes at a time (one torch thread each)."""
+    """Every (preset, seed) run, `jobs` processes at a time (one torch thread each), with the
+    allocator settings `make bench` gives its processes (benchmarks.schedule.ALLOCATOR_ENV)."""
+    from benchmarks.schedule import ALLOCATOR_ENV
+
+    for key, value in ALLOCATOR_ENV.items():
+        os.environ.setdefault(key, value)
     with tempfile.TemporaryDirectory(prefix="bench-incentive-data-") as tmp:
-        data = _prepare_data(Path(tmp))
-        PARTIAL.mkdir(parents=True, exist_ok=True)
-        tasks = [(p, s, mode["windows"], data, str(PARTIAL / f"{p}-{s}.json")) for s in mode["seeds"] for p in PRESETS]
+        tasks = parts(mode is QUICK, Path(tmp))
         with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
             return list(pool.map(run_one, *zip(*tasks)))
 
 
-def main(argv: list[str] | None = None) -> dict:
+def combine(runs: list[dict], quick: bool, seconds: float | None, partial: bool = False) -> dict:
+    """The figures of finished runs (`partial`: of interrupted ones, as far as all of them got),
+    written with the records and the chart beside `RESULTS`."""
     from benchmarks.incentive_figures import chart, figures
 
+    mode = QUICK if quick else FULL
+    out = figures(runs, mode["warmup"])
+    validated = min(len(r["weights"]) for r in runs)
+    out.update({"mode": "quick" if quick else "full", "windows": validated if partial else mode["windows"],
+                "seeds": list(mode["seeds"]), "windows_validated": validated,
+                "peers": len(MIX), "mix": MIX, "seconds_total": None if seconds is None else round(seconds, 1)})
+    folder = RESULTS.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    name = RESULTS.stem + ("_quick" if quick else "")
+    (folder / f"{name}.json").write_text(json.dumps(out, indent=2, default=_jsonable) + "\n")
+    (folder / f"{name}_runs.json").write_text(json.dumps(runs, default=_jsonable) + "\n")
+    chart(runs, folder / f"{name}.png")
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     quick = "--quick" in argv
-    mode = QUICK if quick else FULL
     start = time.perf_counter()
+    name = RESULTS.stem + ("_quick" if quick else "")
     if "--from-partial" in argv:  # the figures of an interrupted run, from its per-window records
-        runs = [json.loads(p.read_text()) for p in sorted(PARTIAL.glob("*.json"))]
-        mode = {**mode, "windows": min(len(r["weights"]) for r in runs)}
+        runs = [json.loads(p.read_text()) for p in sorted(PARTIAL.glob("*.json")) if p.stem.endswith("-quick") == quick]
     elif "--from-runs" in argv:  # the figures again (new figures code) from a finished run's records
-        runs = json.loads((HERE / "results" / ("incentive_quick_runs.json" if quick else "incentive_runs.json")).read_text())
+        runs = json.loads((RESULTS.parent / f"{name}_runs.json").read_text())
+        previous = RESULTS.parent / f"{name}.json"  # the run's own duration, not this recomputation's
+        seconds = json.loads(previous.read_text()).get("seconds_total") if previous.is_file() else None
+        return combine(runs, quick, seconds)
     else:
-        runs = run_all(mode)
-    out = figures(runs, mode["warmup"])
-    out.update({"mode": "quick" if quick else "full", "windows": mode["windows"], "seeds": list(mode["seeds"]),
-                "windows_validated": min(len(r["weights"]) for r in runs),
-                "peers": len(MIX), "mix": MIX, "seconds_total": round(time.perf_counter() - start, 1)})
-    if "--from-runs" in argv:  # the run's own duration, not this recomputation's
-        previous = HERE / "results" / ("incentive_quick.json" if quick else "incentive.json")
-        out["seconds_total"] = json.loads(previous.read_text()).get("seconds_total") if previous.is_file() else None
-    results = HERE / "results"
-    results.mkdir(exist_ok=True)
-    name = "incentive_quick" if quick else "incentive"
-    (results / f"{name}.json").write_text(json.dumps(out, indent=2, default=_jsonable) + "\n")
-    (results / f"{name}_runs.json").write_text(json.dumps(runs, default=_jsonable) + "\n")
-    chart(runs, results / f"{name}.png")
-    return out
+        runs = run_all(QUICK if quick else FULL)
+    return combine(runs, quick, time.perf_counter() - start, partial="--from-partial" in argv)
 
 
 def _jsonable(value: object) -> object:

@@ -1,8 +1,8 @@
-"""`make bench`: run every benchmark in one process, one torch thread, and write the results.
+"""`make bench`: run every benchmark, one torch thread per process, and write the results.
 
 Each `benchmarks/bench_<name>.py` measures ratios within one run (so a noisy machine's drift
 cancels), names its output file in its module-level `RESULTS` and writes `<name>.json` there.
-This runner points `RESULTS` at its output folder and, when every benchmark ran, writes
+The runner points `RESULTS` at its output folder and, when every benchmark ran, writes
 RESULTS.md beside them and the headline figures, flat, to `results.json` (`benchmarks/results.json`
 for the tracked run); `--collect` rebuilds both from the JSON files already there.
 
@@ -10,20 +10,27 @@ The output folder is `benchmarks/.work/results/` (git-ignored) unless `--write-r
 a run on someone's laptop must not dirty the tracked `benchmarks/results/`, which holds the
 figures the README quotes and changes only when someone means to update them.
 
-    python -m benchmarks.run [--write-results] [--out DIR] [NAME ...]
+The benchmarks run `--jobs` processes at a time, longest first (`benchmarks.schedule`), so that
+`make bench` fits in 30 minutes on a 2-core machine. `--quick` (CI smoke) runs only the
+benchmarks that have a quick mode, in it. RESULTS.md opens with the goals table (`benchmarks.goals`).
+
+    python -m benchmarks.run [--write-results | --out DIR] [--quick] [--jobs N] [NAME ...]
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
+import os
 import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+from benchmarks.goals import goals_section
+from benchmarks.schedule import run_benchmarks
 
 HERE = Path(__file__).resolve().parent
 TRACKED = HERE / "results"
@@ -38,15 +45,31 @@ def _names(wanted: list[str]) -> list[str]:
     return [n for n in found if not wanted or n in wanted]
 
 
-def _markdown(results: dict[str, dict]) -> str:
+def _markdown(results: dict[str, dict], figures: dict[str, object], timing: dict[str, dict] | None = None,
+              quick: bool = False) -> str:
     lines = ["# Benchmark results", "",
-             f"Written by `make bench` on {time.strftime('%Y-%m-%d')}; {platform.machine()}, "
-             f"{torch.get_num_threads()} torch thread(s), torch {torch.__version__}, "
+             f"Written by `make bench{' --quick' if quick else ''}` on {time.strftime('%Y-%m-%d')}; "
+             f"{platform.machine()}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}, "
              f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}.",
              "Ratios were measured within one run; absolute times are for this machine only.", ""]
-    for name, figures in results.items():
-        lines += [f"## {name}", "", "```json", json.dumps(figures, indent=2, default=str), "```", ""]
+    lines += _timing(timing) + goals_section(figures, quick=quick) + _headline(figures)
+    for name, figures_of in results.items():
+        lines += [f"## {name}", "", "```json", json.dumps(figures_of, indent=2, default=str), "```", ""]
     return "\n".join(lines)
+
+
+def _timing(timing: dict[str, dict] | None) -> list[str]:
+    """One line per benchmark: wall seconds and the load average around it (other work on the
+    machine slows every absolute time; the ratios are measured within each benchmark's run)."""
+    if not timing:
+        return []
+    run = timing.get("", {})
+    lines = [f"Run: {run.get('seconds', 0):.0f} s wall in all, {run.get('jobs')} job(s) at a time on "
+             f"{os.cpu_count()} CPU(s), load average {run.get('load_before')} before and {run.get('load_after')} "
+             "after; per benchmark (wall seconds, CPU seconds of its processes, load average at its end):", ""]
+    lines += [f"- `{name}`: {t['seconds']:.0f} s, {t.get('cpu_s', 0):.0f} CPU s, load {t['load_after']}"
+              for name, t in timing.items() if name]
+    return lines + [""]
 
 
 CONTEXT_KEYS = frozenset({"window", "windows", "uid", "seconds", "runs", "repeats", "peers", "threads", "cpus",
@@ -79,13 +102,14 @@ def _headline(figures: dict[str, object]) -> list[str]:
     return lines + [""]
 
 
-def write_summary(out: Path, results: dict[str, dict]) -> Path:
-    """results.json (flat) beside the results folder's RESULTS.md, which opens with the same table."""
+def write_summary(out: Path, results: dict[str, dict], timing: dict[str, dict] | None = None,
+                  quick: bool = False) -> Path:
+    """results.json (flat) beside the results folder's RESULTS.md: the goals table, the same
+    figures as a table, the run's timing, then every benchmark's own figures."""
     figures = flat(results)
     target = (out.parent if out == TRACKED else out) / "results.json"
     target.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
-    md = _markdown(results).split("\n")
-    (out / "RESULTS.md").write_text("\n".join(md[:5] + _headline(figures) + md[5:]))
+    (out / "RESULTS.md").write_text(_markdown(results, figures, timing, quick))
     return target
 
 
@@ -105,7 +129,14 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     where.add_argument("--out", type=Path, help="write the results to this folder instead")
     parser.add_argument("--collect", action="store_true",
                         help="run nothing: rebuild results.json and RESULTS.md from the JSON files already there")
-    return parser.parse_args(argv)
+    parser.add_argument("--quick", action="store_true",
+                        help="CI smoke: only the benchmarks with a quick mode (the incentive run's 3 windows), in it")
+    parser.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)),
+                        help="benchmark processes at a time (default: one per CPU this process may use)")
+    args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
+    return args
 
 
 def main(argv: list[str]) -> int:
@@ -114,20 +145,16 @@ def main(argv: list[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
     if args.collect:
-        print(f"summary in {write_summary(out, collect(out))}")
+        print(f"summary in {write_summary(out, collect(out), quick=args.quick)}")
         return 0
-    results = {}
-    for name in _names(args.names):
-        print(f"== {name}", flush=True)
-        module = importlib.import_module(f"benchmarks.bench_{name}")
-        if not isinstance(getattr(module, "RESULTS", None), Path):
-            raise SystemExit(f"benchmarks.run: bench_{name}.py must name its output file in RESULTS")
-        module.RESULTS = out / f"{name}.json"
-        results[name] = module.main()
-    if not args.names:
-        write_summary(out, results)
-    print(f"results in {out}")
-    return 0
+    names = _names(args.names)
+    results, timing, errors = run_benchmarks(names, out, args.quick, args.jobs, named=bool(args.names))
+    for name, error in errors.items():
+        print(f"benchmarks.run: {name} failed: {error}", file=sys.stderr)
+    if not args.names and not errors:
+        write_summary(out, results, timing, args.quick)
+    print(f"results in {out} ({timing['']['seconds']:.0f} s)")
+    return 1 if errors else 0
 
 
 if __name__ == "__main__":
