@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import tempfile
 import time
@@ -116,12 +115,7 @@ def parts(quick: bool, scratch: Path) -> list[tuple]:
 
 
 def run_all(mode: dict, jobs: int = 2) -> list[dict]:
-    """Every (preset, seed) run, `jobs` processes at a time (one torch thread each), with the
-    allocator settings `make bench` gives its processes (benchmarks.schedule.ALLOCATOR_ENV)."""
-    from benchmarks.schedule import ALLOCATOR_ENV
-
-    for key, value in ALLOCATOR_ENV.items():
-        os.environ.setdefault(key, value)
+    """Every (preset, seed) run, `jobs` processes at a time (one torch thread each)."""
     with tempfile.TemporaryDirectory(prefix="bench-incentive-data-") as tmp:
         tasks = parts(mode is QUICK, Path(tmp))
         with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:

@@ -35,15 +35,6 @@ first, so that the short ones fill in at the end. A benchmark not listed counts 
 DEFAULT_COST_S = 120
 
 
-ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**30)}
-"""glibc settings for the benchmark processes (same results, fewer page faults). By default glibc
-gives each freed block above its mmap threshold back to the OS, so every training or scoring
-batch's activations and logits fault their pages in again, zeroed. With the threshold at its
-32 MiB maximum and trimming at 1 GiB they stay in the heap: the incentive benchmark's miners
-take 17% less CPU per window (7.3 to 6.1 s; the same bytes uploaded). Both are needed: the trim
-threshold alone turns glibc's dynamic threshold off and faults far more. A value already set wins."""
-
-
 @dataclass
 class Job:
     name: str
@@ -108,8 +99,6 @@ def run_benchmarks(names: list[str], out: Path, quick: bool, jobs: int, named: b
     split = _modules(names, quick, named)
     benches = {n: Bench(n, out / f"{n}.json", s) for n, s in split.items()}
     results, errors, timing = {}, {}, {"": {"jobs": jobs, "load_before": _load()}}
-    for key, value in ALLOCATOR_ENV.items():  # before the pool: its processes inherit the environment
-        os.environ.setdefault(key, value)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-run-") as scratch:
         queue = _jobs(benches, quick, Path(scratch))

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import platform
-import subprocess
 import sys
 from concurrent.futures import Future
 from pathlib import Path
@@ -68,32 +65,3 @@ def test_options_refuse_what_cannot_run(capsys: pytest.CaptureFixture[str]) -> N
         schedule._modules(["codec", "incentive"], quick=True, named=True)
     assert schedule._modules(["codec", "incentive"], quick=True, named=False) == {"incentive": True}
     assert schedule._modules(["codec"], quick=False, named=True) == {"codec": False}
-
-
-STEP = """
-import hashlib, resource, torch
-torch.set_num_threads(1)
-x = torch.randn(256, 2048, generator=torch.Generator().manual_seed(0))
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(20):  # a forward's worth of activations (40 MiB in 2 MiB blocks), all freed after
-    acts = [x * i for i in range(20)]
-    out = sum(acts)
-    del acts
-faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-print(faults, hashlib.sha256(out.numpy().tobytes()).hexdigest())
-"""
-
-
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc settings")
-def test_allocator_settings_keep_results_and_save_page_faults() -> None:
-    """The benchmarks' processes run with ALLOCATOR_ENV: the same gradients, far fewer faults."""
-    def step(extra: dict[str, str]) -> tuple[int, str]:
-        env = {k: v for k, v in os.environ.items() if k not in schedule.ALLOCATOR_ENV}
-        done = subprocess.run([sys.executable, "-c", STEP], env={**env, **extra, "PYTHONPATH": str(ROOT)},
-                              capture_output=True, text=True, check=True, timeout=120)
-        faults, digest = done.stdout.split()
-        return int(faults), digest
-
-    plain, tuned = step({}), step(schedule.ALLOCATOR_ENV)
-    assert tuned[1] == plain[1]
-    assert tuned[0] * 3 < plain[0], (tuned, plain)  # glibc trims the freed heap, and faults it in again
