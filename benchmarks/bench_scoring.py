@@ -31,7 +31,10 @@ Run: `.venv/bin/python -m benchmarks.bench_scoring` (about 2.5 CPU minutes).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
+import platform
 import statistics
 import time
 from pathlib import Path
@@ -63,8 +66,18 @@ def _rss_kib(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
+def _trim_heap() -> None:
+    """Give glibc's free heap pages back to the kernel (`malloc_trim`), so the resident set is
+    what is alive: `build_model` keeps freed memory in the heap for reuse
+    (`gauntlet.model.keep_freed_memory`), and a run would otherwise grow into memory that an
+    earlier one freed, hiding its growth from the measurement."""
+    if platform.libc_ver()[0] == "glibc":
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+
+
 def _peak_during(fn: object) -> int:
     """Bytes the resident set rose to above its level before `fn()` (Linux: resets VmHWM)."""
+    _trim_heap()
     Path("/proc/self/clear_refs").write_text("5")  # the peak resident set is now the current one
     base = _rss_kib("VmRSS")
     fn()  # type: ignore[operator]
