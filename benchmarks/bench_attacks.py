@@ -8,11 +8,13 @@ incentive benchmark (shadow.py: every aggregation rule stepped on the same files
 the loss ratio (held-out loss over the honest-only shadow's) of every rule and of Gauntlet's
 gather set, and the gap Gauntlet minus the best robust rule (plain mean is not robust).
 
-Noise: two honest-only networks (7 `honest` peers) that differ only in the model's init seed.
-Honest peers' pages depend only on uid and window, so the network seed alone would replay the
-same run; the init seed is the one source of chance left. The change of each ratio (Gauntlet's
-and the robust rules') between the two is what chance moves a ratio by: `attack_loss_noise` is
-its mean, `attack_loss_noise_max` its largest. A gap under the noise is not evidence either way.
+Noise: two honest-only networks (7 `honest` peers) that differ in the model's init seed and in
+their data. Honest peers' pages depend only on uid and window, so the network seed alone would
+replay the same run: the second network starts at window NOISE_START (chain.start_window, so
+its learning-rate schedule is the same) and trains on other pages. The change of each ratio
+(Gauntlet's and the robust rules') between the two is what chance moves a ratio by:
+`attack_loss_noise` is its mean, `attack_loss_noise_max` its largest. A gap under the noise is
+not evidence either way.
 
 Every rule is told to tolerate f = 2 (the attackers' count) in every network, the honest-only
 ones included, so the rules behave alike in the noise runs and under attack. Each network is one
@@ -38,6 +40,8 @@ HONEST, COPIES = 5, 2
 NONE = "none"
 """The attack name of the honest-only noise networks."""
 NOISE_INIT_SEEDS = (0, 1)
+NOISE_START = 1000
+"""The second noise network's first window: its pages are drawn at other offsets."""
 FULL = {"windows": 12, "attacks": ATTACKS, "noise": True}
 QUICK = {"windows": 2, "attacks": ATTACKS[:1], "noise": False}
 ROBUST = ("median", "trimmed_mean", "krum", "multi_krum", "centered_clipping", "bulyan")
@@ -51,8 +55,9 @@ def roster(attack: str) -> list[str]:
     return ["honest"] * HONEST + ["honest" if attack == NONE else attack] * COPIES
 
 
-def run_one(attack: str, init_seed: int, windows: int, data_dir: str) -> dict:
-    """One network: the held-out loss of every shadow and of Gauntlet's model after `windows`."""
+def run_one(attack: str, init_seed: int, windows: int, data_dir: str, start_window: int = 0) -> dict:
+    """One network: the held-out loss of every shadow and of Gauntlet's model after `windows`,
+    from window `start_window` on (other pages, the same learning-rate schedule)."""
     import torch
 
     torch.set_num_threads(1)
@@ -65,11 +70,14 @@ def run_one(attack: str, init_seed: int, windows: int, data_dir: str) -> dict:
 
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=f"bench-attacks-{attack}-{init_seed}-") as tmp:
-        overrides = {"preset": "default", **OVERRIDES, "model": {"init_seed": init_seed}}
+        overrides = {"preset": "default", **OVERRIDES, "model": {"init_seed": init_seed},
+                     "chain": {"start_window": start_window}}
         net = init_network(Path(tmp) / "net", behaviours=roster(attack), seed=init_seed,
                            corpus=Path(data_dir) / "corpus", tokenizer=Path(data_dir) / "tokenizer",
                            overrides=overrides)
-        state, stepped = [ValidatorState()], []
+        if start_window:  # the chain at the network's first window
+            net.chain.produce_blocks(start_window * net.config.chain.blocks_per_window)
+        state, aggregated = [ValidatorState()], []
         miners = open_miners(net)
         shadows = Shadows(miners, [p.uid for p in net.peers if p.behaviour == "honest"], f=COPIES)
 
@@ -77,11 +85,12 @@ def run_one(attack: str, init_seed: int, windows: int, data_dir: str) -> dict:
             state[0] = validate_window(Direct(), net.config, window, state=state[0]).rated.state
 
         def on_report(report) -> None:
-            stepped.append(bool(report.stepped))
+            aggregated.append(sorted(report.aggregated) if report.stepped else [])
             shadows.step(report)
 
         run_network(net, windows, validate, miners=miners, on_report=on_report)
-        return {"attack": attack, "init_seed": init_seed, "windows": windows, "stepped": sum(stepped),
+        return {"attack": attack, "init_seed": init_seed, "start_window": start_window, "windows": windows,
+                "attackers": [p.uid for p in net.peers if p.behaviour == attack], "aggregated": aggregated,
                 "loss": shadows.losses(), "seconds": round(time.perf_counter() - start, 1)}
 
 
@@ -93,7 +102,8 @@ def parts(quick: bool, scratch: Path) -> list[tuple]:
     mode = QUICK if quick else FULL
     data = _prepare_data(Path(scratch))
     runs = [(a, NOISE_INIT_SEEDS[0], mode["windows"], data) for a in mode["attacks"]]
-    return runs + ([(NONE, s, mode["windows"], data) for s in NOISE_INIT_SEEDS] if mode["noise"] else [])
+    noise = [(NONE, s, mode["windows"], data, NOISE_START * i) for i, s in enumerate(NOISE_INIT_SEEDS)]
+    return runs + (noise if mode["noise"] else [])
 
 
 def ratios(run: dict) -> dict[str, float]:
@@ -117,6 +127,8 @@ def figures(runs: list[dict]) -> dict:
         out |= {f"attack_loss_ratio_gauntlet_{a}": round(r["gauntlet"], 4), f"attack_loss_ratio_best_{a}": round(r[best], 4),
                 f"attack_best_rule_{a}": best, f"attack_gauntlet_gap_{a}": round(gaps[a], 4),
                 f"attack_loss_ratios_{a}": {k: round(v, 4) for k, v in r.items()}}
+        size, share = gathered(run)
+        out |= {f"attack_gauntlet_aggregated_mean_{a}": size, f"attack_attacker_share_aggregated_{a}": share}
     out["attack_gauntlet_gap_worst"] = round(max(gaps.values()), 4) if gaps else None
     out["attack_worst"] = max(gaps, key=gaps.__getitem__) if gaps else None
     noise = noise_runs(runs)
@@ -125,9 +137,21 @@ def figures(runs: list[dict]) -> dict:
     out["attack_loss_noise_max"] = round(max(changes), 4) if changes else None
     if noise:
         out["attack_loss_ratios_honest_only"] = [{k: round(v, 4) for k, v in n.items()} for n in noise]
+        out["attack_gauntlet_aggregated_mean_honest_only"] = gathered(next(r for r in runs if r["attack"] == NONE))[0]
     out["attack_gap_over_noise"] = ([a for a, g in gaps.items() if g > out["attack_loss_noise"]]
                                     if changes else None)
     return out
+
+
+def gathered(run: dict) -> tuple[float | None, float | None]:
+    """Files Gauntlet's step averaged per window (mean), and the attackers' share of them: whether
+    a gap comes from attackers getting in or from averaging fewer honest files (None: not recorded)."""
+    steps = [uids for uids in run.get("aggregated", []) if uids]
+    if not steps:
+        return None, None
+    bad = set(run.get("attackers", []))
+    share = sum(len(bad & set(u)) for u in steps) / sum(len(u) for u in steps)
+    return round(statistics.fmean(len(u) for u in steps), 2), round(share, 4)
 
 
 def noise_runs(runs: list[dict]) -> list[dict[str, float]]:
