@@ -99,8 +99,12 @@ def parts(quick: bool, scratch: Path) -> list[tuple]:
     prepared once under `scratch` (which must outlive the runs)."""
     from benchmarks.bench_incentive import _prepare_data
 
-    mode = QUICK if quick else FULL
-    data = _prepare_data(Path(scratch))
+    return arguments(QUICK if quick else FULL, _prepare_data(Path(scratch)))
+
+
+def arguments(mode: dict, data: str) -> list[tuple]:
+    """`run_one`'s arguments for a mode: the attacks at init seed 0 from window 0, then the noise
+    networks, each at its own init seed and start window."""
     runs = [(a, NOISE_INIT_SEEDS[0], mode["windows"], data) for a in mode["attacks"]]
     noise = [(NONE, s, mode["windows"], data, NOISE_START * i) for i, s in enumerate(NOISE_INIT_SEEDS)]
     return runs + (noise if mode["noise"] else [])

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import bench_attacks
-from benchmarks.bench_attacks import NONE, QUICK, combine, figures, roster
+from benchmarks.bench_attacks import ATTACKS, FULL, NONE, QUICK, arguments, combine, figures, gathered, roster
 from benchmarks.run import collect, flat
 
 
@@ -34,6 +34,14 @@ def test_gap_is_gauntlet_minus_the_best_robust_rule_never_the_mean() -> None:
     assert got["attack_best_rule_ipm"] == "bulyan" and got["attack_gauntlet_gap_ipm"] == pytest.approx(-0.02)
     assert got["attack_gauntlet_gap_worst"] == pytest.approx(0.01) and got["attack_worst"] == "alie"
     assert got["attack_loss_ratios_alie"]["mean"] == pytest.approx(0.9)
+    assert got["attack_gauntlet_aggregated_mean_alie"] is None  # these records hold no aggregated sets
+
+
+def test_gathered_counts_files_averaged_and_the_attackers_among_them() -> None:
+    run = _run("ipm", 1.0, {}) | {"attackers": [5, 6], "aggregated": [[], [0, 1, 2, 3, 4, 5, 6], [0, 1, 2, 5]]}
+    assert gathered(run) == (5.5, 0.2727)  # the window without a step is left out; 3 of 11 files
+    assert figures([run])["attack_attacker_share_aggregated_ipm"] == 0.2727
+    assert gathered(_run("ipm", 1.0, {})) == (None, None)
 
 
 def test_noise_is_the_change_of_a_ratio_between_the_honest_only_seeds() -> None:
@@ -62,4 +70,11 @@ def test_rosters_and_bad_input() -> None:
         roster("sybil")
     with pytest.raises(ValueError, match="no honest-only loss"):
         figures([{"attack": "alie", "loss": {"gauntlet": 8.0}}])
-    assert QUICK["windows"] == 2 and len(QUICK["attacks"]) == 1 and not QUICK["noise"]
+    assert arguments(QUICK, "d") == [("alie", 0, 2, "d")]  # CI smoke: one attack, 2 windows, no noise
+
+
+def test_full_mode_runs_every_attack_and_two_noise_networks_on_other_data() -> None:
+    args = arguments(FULL, "d")
+    assert [a[0] for a in args] == [*ATTACKS, NONE, NONE] and {a[2] for a in args} == {FULL["windows"]}
+    first, second = args[-2:]
+    assert first[1] != second[1] and first[4] == 0 < second[4]  # other init seed, other pages
