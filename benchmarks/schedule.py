@@ -28,7 +28,7 @@ HERE = Path(__file__).resolve().parent
 
 
 COST_S = {"screening": 380, "incentive": 360, "window": 280, "flow": 170, "sparseloco": 140, "scoring": 90,
-          "audit": 35, "codec": 12}
+          "audit": 35, "codec": 12, "attacks": 90}
 """CPU seconds of each benchmark (of each part, for one with `parts`) with one torch thread, as
 `make bench` measured them on the 2-core machine (2026-11-30): only the order matters, longest
 first, so that the short ones fill in at the end. A benchmark not listed counts as DEFAULT_COST_S."""
