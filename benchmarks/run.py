@@ -37,6 +37,10 @@ TRACKED = HERE / "results"
 SCRATCH = HERE / ".work" / "results"
 
 
+TIMING = "timing.json"
+"""The last full run's timing (wall and CPU seconds per benchmark), beside the figures."""
+
+
 def _names(wanted: list[str]) -> list[str]:
     found = sorted(p.stem.removeprefix("bench_") for p in HERE.glob("bench_*.py"))
     unknown = sorted(set(wanted) - set(found))
@@ -109,13 +113,16 @@ def write_summary(out: Path, results: dict[str, dict], timing: dict[str, dict] |
     figures = flat(results)
     target = (out.parent if out == TRACKED else out) / "results.json"
     target.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
+    if timing:  # kept, so that a later `--collect` (a benchmark rerun on its own) still reports it
+        (out / TIMING).write_text(json.dumps(timing, indent=2) + "\n")
     (out / "RESULTS.md").write_text(_markdown(results, figures, timing, quick))
     return target
 
 
 def collect(out: Path) -> dict[str, dict]:
-    """The figures already in `out` (one JSON per benchmark), for a summary without a rerun."""
-    loaded = {p.stem: json.loads(p.read_text()) for p in sorted(out.glob("*.json"))}
+    """The figures already in `out` (one JSON per benchmark), for a summary without a rerun; not the
+    run's timing, nor the flat summary that `--out` writes into the same folder."""
+    loaded = {p.stem: json.loads(p.read_text()) for p in sorted(out.glob("*.json")) if p.name not in (TIMING, "results.json")}
     return {name: figures for name, figures in loaded.items() if isinstance(figures, dict)}  # not raw records
 
 
@@ -145,7 +152,8 @@ def main(argv: list[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
     if args.collect:
-        print(f"summary in {write_summary(out, collect(out), quick=args.quick)}")
+        timing = json.loads((out / TIMING).read_text()) if (out / TIMING).is_file() else None
+        print(f"summary in {write_summary(out, collect(out), timing, quick=args.quick)}")
         return 0
     names = _names(args.names)
     results, timing, errors = run_benchmarks(names, out, args.quick, args.jobs, named=bool(args.names))

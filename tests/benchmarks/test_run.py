@@ -19,6 +19,8 @@ def test_summary_opens_with_the_goals_table_computed_from_the_figures(tmp_path: 
                "flow": {"flow_over_direct_thread": 1.05}}
     timing = {"": {"jobs": 2, "load_before": 1.0, "seconds": 600.0, "load_after": 2.0},
               "incentive": {"seconds": 500.0, "cpu_s": 900.0, "load_after": 2.0}, "flow": {"seconds": 90.0, "load_after": 1.5}}
+    for name, figures_of in results.items():  # as each benchmark's run leaves them
+        (tmp_path / f"{name}.json").write_text(json.dumps(figures_of))
     written = run.write_summary(tmp_path, results, timing)
     figures = json.loads(written.read_text())
     assert figures["honest_pay_cv"] == 0.6 and figures["prefect_overhead"] == 1.05 and "peers" not in figures
@@ -29,6 +31,10 @@ def test_summary_opens_with_the_goals_table_computed_from_the_figures(tmp_path: 
     assert "| 1.05 | met |" in md  # prefect_overhead <= 1.1
     assert "- `incentive`: 500 s, 900 CPU s, load 2.0" in md and "600 s wall in all, 2 job(s)" in md
     assert "Quick run" not in md
+    assert run.collect(tmp_path) == results  # the timing kept beside them is not a benchmark
+    assert run.main(["--collect", "--out", str(tmp_path)]) == 0  # a later --collect keeps the run's timing
+    assert "- `incentive`: 500 s, 900 CPU s, load 2.0" in (tmp_path / "RESULTS.md").read_text()
+    (tmp_path / run.TIMING).unlink()
     run.write_summary(tmp_path, results, quick=True)  # --collect of a quick run: no timing, flagged
     md = (tmp_path / "RESULTS.md").read_text()
     assert "Quick run" in md and "s wall in all" not in md
