@@ -13,13 +13,13 @@ import pytest
 from gauntlet.audit.store import AuditStore
 from gauntlet.config import load_config, with_overrides
 from gauntlet.localnet.network import init_network
-from gauntlet.localnet.simulate import run_network
 from gauntlet.replay import replay_range
 from gauntlet.state import restore_state
 from gauntlet.uniqueness import draw_order
 from gauntlet.window import audit, evaluate
 from gauntlet.window.context import context_for
 from gauntlet.window.pipeline import Direct, validate_window
+from tests.gauntlet.window import filtered_window_zero
 
 ROSTER = ["honest"] * 3 + ["data_ignorer"]
 SEQUENTIAL = {"uniqueness": {"own_test": "sequential", "own_margin": 0.0, "own_max_batches": 8}}
@@ -32,14 +32,7 @@ def window(tmp_path_factory, prepared_data):
     net = init_network(tmp_path_factory.mktemp("net"), behaviours=ROSTER, corpus=corpus, tokenizer=tokenizer,
                        force=True, overrides={"data": {"rows_per_page": 8}, "filter": {"put_window_s": 1.0},
                                               "aggregation": {"min_peers": 1}, **SEQUENTIAL})
-    run_network(net, 2)
-    cfg = net.config
-    run = Direct()
-    state = run("restore", cfg, 0)
-    plan = run("plan", cfg, 0)
-    fetched = run("fetch", cfg, plan)
-    filtered = run("filter", cfg, plan, fetched, state)
-    return net, cfg, plan, fetched, filtered
+    return (net, *filtered_window_zero(net))
 
 
 def test_sequential_test_keeps_the_losses_and_decides_per_batch(window):

@@ -16,7 +16,6 @@ import torch
 from gauntlet.audit.store import AuditStore
 from gauntlet.config import with_overrides
 from gauntlet.localnet.network import init_network
-from gauntlet.localnet.simulate import run_network
 from gauntlet.ratings import PeerScore, ValidatorState, WindowOutcome, advance
 from gauntlet.replay import replay_range
 from gauntlet.model import build_model
@@ -25,6 +24,7 @@ from gauntlet.state import restore_state
 from gauntlet.verdicts import Reason, Verdict
 from gauntlet.window import audit, evaluate
 from gauntlet.window.pipeline import Direct, validate_window
+from tests.gauntlet.window import filtered_window_zero
 
 ROSTER = ["honest"] * 5 + ["noise", "sign_flip"]
 SCREEN = {"screening": {"enabled": True, "margin": 0, "max_near": 1, "audit_peers": 1},
@@ -39,14 +39,7 @@ def window(tmp_path_factory, prepared_data):
     net = init_network(tmp_path_factory.mktemp("net"), behaviours=ROSTER, corpus=corpus, tokenizer=tokenizer,
                        force=True, overrides={"data": {"rows_per_page": 4}, "filter": {"put_window_s": 1.0},
                                               **SCREEN})
-    run_network(net, 2)
-    cfg = with_overrides(net.config, {"screening": {"enabled": False}})
-    run = Direct()
-    state = run("restore", cfg, 0)
-    plan = run("plan", cfg, 0)
-    fetched = run("fetch", cfg, plan)
-    filtered = run("filter", cfg, plan, fetched, state)
-    return net, cfg, plan, fetched, filtered
+    return (net, *filtered_window_zero(net, with_overrides(net.config, {"screening": {"enabled": False}})))
 
 
 def test_screened_evaluate_scores_the_chosen_exactly_and_calibrates_the_rest(window):
