@@ -83,13 +83,6 @@ class LossEvaluator:
         return [s.double() for s in sums], list(counts)
 
     @torch.no_grad()
-    def batch_losses(self, params: Mapping[str, Tensor], batches: Batches) -> tuple[Tensor, Tensor]:
-        """(n,) float64 summed losses and (n,) int64 token counts of each batch, on the device
-        (no host sync): what the own-data test (`gauntlet.uniqueness`) sees batch by batch."""
-        sums, counts = self.batch_sums(params, batches)
-        return torch.stack(sums), torch.tensor(counts, dtype=torch.int64, device=self.device)
-
-    @torch.no_grad()
     def mean_loss(self, params: Mapping[str, Tensor], batches: Batches) -> Tensor:
         """Token-weighted mean loss as a 0-d device tensor (no host sync)."""
         sums, counts = self.batch_sums(params, batches)

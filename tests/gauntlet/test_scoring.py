@@ -111,18 +111,18 @@ def _old_mean_loss(evaluator: LossEvaluator, params, batches) -> torch.Tensor:
     return total / tokens
 
 
-def test_batch_losses_match_a_naive_loop_and_keep_mean_loss_bit_identical():
+def test_batch_sums_match_a_naive_loop_and_keep_mean_loss_bit_identical():
     model = build_model("tiny", VOCAB, seed=3)
     evaluator = LossEvaluator(model)
     batches = _batches(5, n=3) + [_batches(6, n=1)[0][:1]]  # a shorter last batch weighs less
-    sums, counts = evaluator.batch_losses(evaluator.theta, batches)
-    assert sums.dtype == torch.float64 and counts.tolist() == [b[:, 1:].numel() for b in batches]
-    for batch, value, n in zip(batches, sums.tolist(), counts.tolist()):
+    sums, counts = evaluator.batch_sums(evaluator.theta, batches)
+    assert all(v.dtype == torch.float64 for v in sums) and counts == [b[:, 1:].numel() for b in batches]
+    for batch, value, n in zip(batches, [v.item() for v in sums], counts):
         assert value / n == pytest.approx(_naive_mean_loss(model, [batch]), rel=1e-5)
     old = _old_mean_loss(evaluator, evaluator.theta, batches)
     assert evaluator.mean_loss(evaluator.theta, batches).item() == old.item()
     with pytest.raises(ValueError, match="no batches"):
-        evaluator.batch_losses(evaluator.theta, [])
+        evaluator.batch_sums(evaluator.theta, [])
 
 
 @pytest.mark.parametrize("shared", [False, True])
