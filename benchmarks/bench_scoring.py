@@ -31,10 +31,7 @@ Run: `.venv/bin/python -m benchmarks.bench_scoring` (about 2.5 CPU minutes).
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -50,7 +47,7 @@ from gauntlet.costmodel import (FINEWEB_TOKENS_PER_ROW, H200_BF16_DENSE, PAPER_V
                                 gpus_needed, peers_per_window, window_seconds)
 from gauntlet.data import random_pages
 from gauntlet.miner import mean_gradient
-from gauntlet.model import build_model
+from gauntlet.model import build_model, glibc
 from gauntlet.scoring import LossEvaluator, score_peers
 from gauntlet.screening import calibrated, choose_exact, first_order_score, random_gradient, spearman, topg_overlap
 
@@ -71,8 +68,9 @@ def _trim_heap() -> None:
     what is alive: `build_model` keeps freed memory in the heap for reuse
     (`gauntlet.model.keep_freed_memory`), and a run would otherwise grow into memory that an
     earlier one freed, hiding its growth from the measurement."""
-    if platform.libc_ver()[0] == "glibc":
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    libc = glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 def _peak_during(fn: object) -> int:

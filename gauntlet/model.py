@@ -107,12 +107,18 @@ def keep_freed_memory(limit: int = HEAP_KEEP_BYTES) -> bool:
     """
     if _HEAP_KEPT:
         return _HEAP_KEPT[0]
-    ok = False
-    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        ok = bool(libc.mallopt(_M_MMAP_THRESHOLD, limit)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2 * limit))
+    libc = glibc()
+    ok = libc is not None and bool(libc.mallopt(_M_MMAP_THRESHOLD, limit)) and bool(
+        libc.mallopt(_M_TRIM_THRESHOLD, 2 * limit))
     _HEAP_KEPT.append(ok)
     return ok
+
+
+def glibc() -> ctypes.CDLL | None:
+    """The process's C library when it is glibc on Linux (its malloc settings apply), else None."""
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    return None
 
 
 def build_model(size: str, vocab_size: int, seed: int, device: str | torch.device = "cpu") -> LlamaForCausalLM:
