@@ -211,6 +211,14 @@ class PenaltyConfig(_Section):
 class WeightConfig(_Section):
     power: float = Field(2.0, gt=0)
     """`w_k = F_k ** power / sum_j F_j ** power` over peers with F > 0."""
+    own_data: Literal["scale", "gate"] = "scale"
+    """How B enters this window's score: `scale` (paper) ordinal x max(0, B) x sync; `gate` (ours)
+    ordinal x sync while B > 0, else 0: B proves the update comes from the peer's own pages, the
+    ordinal says how much it helped, so more work is paid more (ratings.window_score)."""
+    score_ema: float = Field(0.0, ge=0, lt=1)
+    """F = score_ema x F_before + (1 - score_ema) x this window's score, for peers in the match
+    (paper 0: this window's score alone). One unlucky window then lowers pay instead of zeroing
+    it; the gather list still takes only peers whose score this window is positive."""
     min_sum: float = Field(1e-8, ge=0)
     """All weights are zero when that sum is at most this."""
     set_interval: int = Field(50, ge=1)

@@ -129,6 +129,9 @@ class PeerRecord:
     penalties: tuple[str, ...]
     rules_fired: tuple[str, ...] = ()
     """The 2026 rules that fired for this peer in the window, in words (for `gauntlet explain`)."""
+    window_score: float | None = None
+    """This window's score before smoothing (weights.score_ema) and penalties; None: not in the match.
+    The gather list takes only peers whose window score is positive (window/rate.py)."""
 
     def row(self, window: int) -> dict[str, object]:
         state = {k: v for k, v in asdict(self.state).items() if k != "tracker"}
@@ -219,11 +222,28 @@ def _penalise(peer: PeerState, verdict: Verdict | None, copy_action: str | None,
     return peer, notes
 
 
-def _final_score(peer: PeerState, window: int, cfg: GauntletConfig, fired: list[str]) -> float:
+def window_score(ordinal: float, bma: float, sync: float, own_data: str = "scale") -> float:
+    """This window's score of a peer in the match, from its ordinal, B (already max(0, B), and
+    floored by the 2026 rule) and sync: ordinal x B x sync (`scale`, paper), or ordinal x sync
+    while B > 0 and 0 otherwise (`gate`, ours: weights.own_data)."""
+    if own_data not in ("scale", "gate"):
+        raise ValueError(f"own_data must be 'scale' or 'gate', got {own_data!r}")
+    own = (1.0 if bma > 0 else 0.0) if own_data == "gate" else bma
+    return ordinal * own * sync
+
+
+def smoothed_score(before: float, now: float, ema: float) -> float:
+    """F = ema x F_before + (1 - ema) x this window's score (weights.score_ema; paper: ema 0)."""
+    if not 0 <= ema < 1:
+        raise ValueError(f"score_ema must be in [0, 1), got {ema}")
+    return now if ema == 0 else ema * before + (1 - ema) * now
+
+
+def _window_score(peer: PeerState, window: int, cfg: GauntletConfig, fired: list[str]) -> float:
     bma, why = rules.floored_average(peer.moving_average, window, cfg.chain.start_window, cfg.rules)
     if why:
         fired.append(why)
-    return peer.ordinal * bma * peer.sync_score
+    return window_score(peer.ordinal, bma, peer.sync_score, cfg.weights.own_data)
 
 
 def _files_before_match(peers: dict[int, PeerState], outcome: WindowOutcome, state: ValidatorState,
@@ -311,8 +331,10 @@ def advance(state: ValidatorState, outcome: WindowOutcome, cfg: GauntletConfig) 
     match = {u: s.gradient_score for u, s in outcome.scores.items()}
     cuts = _files_before_match(peers, outcome, state, match, fired, cfg)
     matched = play_match(peers, match, cfg.rating)
+    now: dict[int, float] = {}
     for uid, rated in matched.items():
-        peers[uid] = replace(rated, final_score=_final_score(rated, window, cfg, fired[uid]))
+        now[uid] = _window_score(rated, window, cfg, fired[uid])
+        peers[uid] = replace(rated, final_score=smoothed_score(rated.final_score, now[uid], cfg.weights.score_ema))
     notes: dict[int, list[str]] = {}
     for uid in sorted(peers):
         verdict, copy = outcome.verdicts.get(uid), outcome.copy_actions.get(uid)
@@ -326,7 +348,8 @@ def advance(state: ValidatorState, outcome: WindowOutcome, cfg: GauntletConfig) 
         if peer.inactive_windows >= cfg.penalty.reset_after:
             peer = PeerState.new(uid, cfg.rating)
             notes[uid].append(f"inactive {cfg.penalty.reset_after} windows: rating deleted")
-        records.append(PeerRecord(peer, before[uid], uid in matched, tuple(notes[uid]), tuple(fired[uid])))
+        records.append(PeerRecord(peer, before[uid], uid in matched, tuple(notes[uid]), tuple(fired[uid]),
+                                  now.get(uid)))
         next_peers[uid] = peer
     return replace(state, last_window=window, peers=next_peers), records
 

@@ -75,7 +75,7 @@ def explain(root: Path | str, uid: int, window: int, history: int = 5) -> str:
     lines += _verdicts(rows["verdicts"])
     copied = any(v["reason"] == Reason.COPIED for v in rows["verdicts"])
     lines += _scores(rows["scores"], cfg, copied)
-    lines += _rating(rows["ratings"], window)
+    lines += _rating(rows["ratings"], window, cfg.get("weights", {}))
     lines += _weight(rows["weights"], float(weights["weight"].sum()), cfg)
     lines += _history(store, uid, window, history)
     return "\n".join(lines) + "\n"
@@ -191,7 +191,17 @@ def _overlap(row: Row, uq: Row, copied: bool) -> list[str]:
     return [f"  largest top-k overlap {overlap:.2f}{with_} ({note})"]
 
 
-def _rating(rows: list[Row], window: int) -> list[str]:
+def _score_formula(weights: Row) -> str:
+    """How F was computed for a peer in the match, under the window's weights.own_data and score_ema."""
+    now = "ordinal x sync while B > 0, else 0" if weights.get("own_data") == "gate" else "ordinal x max(0, B) x sync"
+    ema = float(weights.get("score_ema") or 0.0)
+    if ema == 0:
+        return f"F = {now} for peers in the match; penalties multiply it"
+    return (f"F = {ema:g} x F before + {1 - ema:g} x ({now}) for peers in the match (weights.score_ema); "
+            "penalties multiply it")
+
+
+def _rating(rows: list[Row], window: int, weights: Row | None = None) -> list[str]:
     out = ["", "Rating"]
     if not rows:
         return out + ["  no rating row (the peer was not known to the validator's state)"]
@@ -207,7 +217,7 @@ def _rating(rows: list[Row], window: int) -> list[str]:
     if r.get("rules_fired"):
         out.append("  2026 rules: " + "; ".join(r["rules_fired"]))
     out.append(f"  final score F {_num(r['final_score_before'], '.4f')} -> {r['final_score']:.4f} "
-               f"(F = ordinal x max(0, B) x sync for peers in the match; penalties multiply it)")
+               f"({_score_formula(weights or {})})")
     if r["banned_until"] is not None and r["banned_until"] > window:
         out.append(f"  barred until window {r['banned_until']}")
     if r["inactive_windows"]:

@@ -39,7 +39,12 @@ def run(cfg: GauntletConfig, window: int, state: ValidatorState, filtered: Filte
     )
     new_state, records = advance(state, outcome, cfg)
     weights = compute_weights({r.state.uid: r.state.final_score for r in records}, cfg)
-    gather = choose_gather(weights, new_state.peers, {u for u, v in verdicts.items() if v.ok}, cfg.aggregation,
+    # A smoothed F (weights.score_ema) stays positive for a while after a peer's window score
+    # turns <= 0: that still pays it, less, but does not earn its file a place by weight. (With
+    # score_ema 0 such a peer has weight 0 already: the mask changes nothing.)
+    lapsed = {r.state.uid for r in records if r.window_score is not None and r.window_score <= 0}
+    by_weight = {u: 0.0 if u in lapsed else w for u, w in weights.items()}
+    gather = choose_gather(by_weight, new_state.peers, {u for u, v in verdicts.items() if v.ok}, cfg.aggregation,
                            excluded=gather_exclusions(new_state.peers, cfg.rules))
     new_state = schedule_gather(new_state, window, gather, cfg.chain, cfg.aggregation)
     return Rated(new_state, records, weights, verdicts, frozenset(set(verdicts) - set(state.peers)))

@@ -51,6 +51,8 @@ PAPER = {
     ("penalty", "desynced"): 0.75,
     ("penalty", "reset_after"): 25,
     ("weights", "power"): 2.0,
+    ("weights", "own_data"): "scale",
+    ("weights", "score_ema"): 0.0,
     ("weights", "min_sum"): 1e-8,
     ("weights", "set_interval"): 50,
     ("aggregation", "gather_size"): 15,
@@ -66,7 +68,7 @@ PAPER = {
 }
 OURS = {("scoring", "policy"): "all", ("scoring", "seed_source"): "chain",
         ("scoring", "shared_random_batches"): True, ("uniqueness", "own_test"): "sequential",
-        ("weights", "power"): 1.0}
+        ("weights", "power"): 1.0, ("weights", "own_data"): "gate", ("weights", "score_ema"): 0.3}
 
 
 @pytest.mark.parametrize(("key", "value"), PAPER.items(), ids=[".".join(k) for k in PAPER])

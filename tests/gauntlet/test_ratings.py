@@ -7,7 +7,8 @@ import math
 import pytest
 
 from gauntlet.config import load_config
-from gauntlet.ratings import PeerScore, PeerState, ValidatorState, WindowOutcome, advance, play_match
+from gauntlet.ratings import (PeerScore, PeerState, ValidatorState, WindowOutcome, advance, play_match,
+                              smoothed_score, window_score)
 from gauntlet.verdicts import Reason, Verdict
 from gauntlet.weights import choose_gather, power_normalise, schedule_gather
 
@@ -62,6 +63,47 @@ def test_hand_computed_window():
     weights = power_normalise({u: p.final_score for u, p in state.peers.items()}, CFG.weights)
     assert weights == {1: 1.0, 2: 0.0, 3: 0.0, 4: 0.0, 5: 0.0}
     assert [r.rated_in_match for r in records] == [True, True, True, False, False]
+
+
+def test_window_score_scales_or_gates_by_b():
+    assert window_score(4.0, 0.2, 0.5) == pytest.approx(0.4)  # paper: ordinal x B x sync
+    assert window_score(4.0, 0.2, 0.5, "gate") == pytest.approx(2.0)  # ours: B > 0 opens the gate
+    assert window_score(4.0, 0.0, 0.5, "gate") == 0.0
+    assert window_score(-4.0, 0.2, 1.0, "gate") == -4.0  # a negative ordinal stays negative: no weight
+    with pytest.raises(ValueError, match="own_data"):
+        window_score(1.0, 1.0, 1.0, "both")
+
+
+def test_smoothed_score_golden():
+    assert smoothed_score(2.0, 1.0, 0.0) == 1.0  # paper: this window's score alone
+    assert smoothed_score(2.0, 1.0, 0.3) == pytest.approx(0.3 * 2.0 + 0.7 * 1.0)
+    f = 0.0
+    for now in (1.0, 1.0, 0.0):  # by hand: 0.7, 0.91, then 0.273 (one window at 0 does not zero it)
+        f = smoothed_score(f, now, 0.3)
+    assert f == pytest.approx(0.3 * (0.3 * 0.7 + 0.7))
+    with pytest.raises(ValueError, match="score_ema"):
+        smoothed_score(0.0, 1.0, 1.0)
+
+
+def test_gated_smoothed_window_by_hand():
+    """Two windows under own_data = gate, score_ema = 0.5: the window score, then F, by hand; a
+    peer whose B turns negative keeps half its F (paid less, not zeroed) but its window score is 0."""
+    from gauntlet.config import with_overrides
+
+    cfg = with_overrides(CFG, ["weights.own_data=gate", "weights.score_ema=0.5"])
+    verdicts = {u: Verdict.accept(u) for u in (1, 2)}
+    first = WindowOutcome(0, verdicts, {1: PeerScore(0.03, 0.05, +1), 2: PeerScore(0.01, 0.02, +1)},
+                          sync_scores={1: 1.0, 2: 1.0})
+    state, records = advance(ValidatorState(), first, cfg)
+    for r in records:
+        assert r.window_score == pytest.approx(r.state.ordinal)  # B = 0.05 > 0: the gate is open
+        assert r.state.final_score == pytest.approx(0.5 * r.state.ordinal)  # 0.5 x 0 + 0.5 x score
+    f1 = state.peers[1].final_score
+    second = WindowOutcome(1, verdicts, {1: PeerScore(0.03, 0.01, -1), 2: PeerScore(0.01, 0.02, +1)},
+                           sync_scores={1: 1.0, 2: 1.0})
+    state, records = advance(state, second, cfg)
+    assert state.peers[1].moving_average < 0 and records[0].window_score == 0.0
+    assert state.peers[1].final_score == pytest.approx(0.5 * f1)
 
 
 def _with(uid: int, **kw) -> ValidatorState:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from gauntlet.audit import AuditLookupError, AuditStore, explain
-from gauntlet.config import GauntletConfig, with_overrides
+from gauntlet.config import GauntletConfig, load_config, with_overrides
 from tests.gauntlet.audit import COPYCAT, HONEST, LATE, MISSING, synthetic_window
 
 
@@ -164,3 +164,15 @@ def test_sequential_test_says_what_it_saw(tmp_path: Path, b: int, d: float, said
     scores = _section(explain(tmp_path, HONEST, 0), "Scores")
     assert said in scores and f"(t = {d / 0.001:+.2f})" in scores
     assert "r_own > s_k" not in scores  # not the margin rule's words
+
+
+@pytest.mark.parametrize("overrides, said", [
+    ([], "(F = ordinal x max(0, B) x sync for peers in the match; penalties multiply it)"),
+    (["weights.own_data=gate", "weights.score_ema=0.3"],
+     "(F = 0.3 x F before + 0.7 x (ordinal x sync while B > 0, else 0) for peers in the match (weights.score_ema)"),
+])
+def test_the_final_score_formula_is_the_windows_own(tmp_path: Path, overrides: list[str], said: str) -> None:
+    tables = synthetic_window(0)
+    tables["windows"][0]["config_json"] = with_overrides(load_config(preset="paper"), overrides).to_json()
+    AuditStore(tmp_path).write_window(0, tables)
+    assert said in _section(explain(tmp_path, HONEST, 0), "Rating")
