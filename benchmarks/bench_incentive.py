@@ -2,14 +2,17 @@
 
 One run = one local network of the `tiny` model (MIX: 8 peers doing honest work at three effort
 levels, 5 hostile = 38 %), `windows` windows of miners, the direct validator after each ready
-window. The same seeds run under both presets. Per run it records every window's weights, every
+window. The same seeds run under both presets; a seed sets the model's init and the windows the
+network starts at (so its pages), see SEED_START. Per run it records every window's weights, every
 evaluated peer's (s, r_own, b) from the audit `scores` table, and, on the same submissions, the
 model each alternative aggregation rule would have reached (`shadow.py`).
 
 Figures (flat keys; `*_paper` for the paper preset): see `incentive_figures`. Written to
 `RESULTS` (benchmarks/results/incentive.json; `benchmarks.run` points it at its output folder),
 the per-window records beside it (incentive_runs.json) and the chart incentive.png. `--quick`
-(CI smoke) runs 3 windows and writes incentive_quick*.
+(CI smoke) runs 3 windows and writes incentive_quick*. `--seeds=1,2 [--preset=default]` runs
+other seeds of one preset on their own (make bench runs seed 0 of both, to stay under 30
+minutes) and writes incentive_<preset>_seeds1-2*.
 
 Each (preset, seed) run is one process: `parts` lists them for `benchmarks.run`, which schedules
 them with the other benchmarks on the machine's cores, and `combine` makes the figures of them.
@@ -43,6 +46,10 @@ LOSS_EVERY = 5
 PARTIAL = Path(tempfile.gettempdir()) / "gauntlet-bench-incentive"
 """Each run's records, rewritten after every window (`--from-partial` makes figures of them)."""
 MARGINS = [round(0.05 * i, 2) for i in range(-4, 21)]
+SEED_START = 1000
+"""Seed s > 0 starts its network at window s * SEED_START with model init seed s: peers' pages
+depend only on uid and window, so the network seed alone would replay seed 0's run exactly
+(measured: seeds 1 and 2 gave seed 0's figures to the last digit)."""
 
 
 def run_one(preset: str, seed: int, windows: int, data_dir: str, partial: str | None = None) -> dict:
@@ -59,8 +66,13 @@ def run_one(preset: str, seed: int, windows: int, data_dir: str, partial: str | 
     from gauntlet.window.pipeline import Direct, validate_window
 
     with tempfile.TemporaryDirectory(prefix=f"bench-incentive-{preset}-{seed}-") as tmp:
+        start_window = SEED_START * seed
         net = init_network(Path(tmp) / "net", behaviours=MIX, seed=seed, corpus=Path(data_dir) / "corpus",
-                           tokenizer=Path(data_dir) / "tokenizer", overrides={"preset": preset, **OVERRIDES})
+                           tokenizer=Path(data_dir) / "tokenizer",
+                           overrides={"preset": preset, **OVERRIDES, "model": {"init_seed": seed},
+                                      "chain": {"start_window": start_window}})
+        if start_window:  # the chain at the network's first window
+            net.chain.produce_blocks(start_window * net.config.chain.blocks_per_window)
         cfg, state, weights, seconds = net.config, [ValidatorState()], {}, []
         miners = open_miners(net)
         shadows = Shadows(miners, [p.uid for p in net.peers if p.behaviour == "honest"],
@@ -104,30 +116,34 @@ def _prepare_data(root: Path) -> str:
     return str(root)
 
 
+def _tasks(mode: dict, data: str, presets: tuple[str, ...] = PRESETS) -> list[tuple]:
+    """The arguments of `run_one` for every (preset, seed) of `mode`, each with its partial file."""
+    PARTIAL.mkdir(parents=True, exist_ok=True)
+    tag = "-quick" if mode is QUICK else ""  # a quick run beside a full one must not overwrite its records
+    return [(p, s, mode["windows"], data, str(PARTIAL / f"{p}-{s}{tag}.json")) for s in mode["seeds"] for p in presets]
+
+
 def parts(quick: bool, scratch: Path) -> list[tuple]:
     """The arguments of every `run_one` of the mode, the corpus prepared once under `scratch`
     (which must outlive the runs)."""
-    mode = QUICK if quick else FULL
-    data = _prepare_data(Path(scratch))
-    PARTIAL.mkdir(parents=True, exist_ok=True)
-    tag = "-quick" if quick else ""  # a quick run beside a full one must not overwrite its records
-    return [(p, s, mode["windows"], data, str(PARTIAL / f"{p}-{s}{tag}.json")) for s in mode["seeds"] for p in PRESETS]
+    return _tasks(QUICK if quick else FULL, _prepare_data(Path(scratch)))
 
 
-def run_all(mode: dict, jobs: int = 2) -> list[dict]:
+def run_all(mode: dict, jobs: int = 2, presets: tuple[str, ...] = PRESETS) -> list[dict]:
     """Every (preset, seed) run, `jobs` processes at a time (one torch thread each)."""
     with tempfile.TemporaryDirectory(prefix="bench-incentive-data-") as tmp:
-        tasks = parts(mode is QUICK, Path(tmp))
+        tasks = _tasks(mode, _prepare_data(Path(tmp)), presets)
         with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
             return list(pool.map(run_one, *zip(*tasks)))
 
 
-def combine(runs: list[dict], quick: bool, seconds: float | None, partial: bool = False) -> dict:
+def combine(runs: list[dict], quick: bool, seconds: float | None, partial: bool = False,
+            mode: dict | None = None, name: str | None = None) -> dict:
     """The figures of finished runs (`partial`: of interrupted ones, as far as all of them got),
-    written with the records and the chart beside `RESULTS`."""
+    written with the records and the chart beside `RESULTS` (as `name`.json, default the mode's)."""
     from benchmarks.incentive_figures import chart, figures
 
-    mode = QUICK if quick else FULL
+    mode = mode or (QUICK if quick else FULL)
     out = figures(runs, mode["warmup"])
     validated = min(len(r["weights"]) for r in runs)
     out.update({"mode": "quick" if quick else "full", "windows": validated if partial else mode["windows"],
@@ -135,7 +151,7 @@ def combine(runs: list[dict], quick: bool, seconds: float | None, partial: bool 
                 "peers": len(MIX), "mix": MIX, "seconds_total": None if seconds is None else round(seconds, 1)})
     folder = RESULTS.parent
     folder.mkdir(parents=True, exist_ok=True)
-    name = RESULTS.stem + ("_quick" if quick else "")
+    name = name or RESULTS.stem + ("_quick" if quick else "")
     (folder / f"{name}.json").write_text(json.dumps(out, indent=2, default=_jsonable) + "\n")
     (folder / f"{name}_runs.json").write_text(json.dumps(runs, default=_jsonable) + "\n")
     chart(runs, folder / f"{name}.png")
@@ -147,6 +163,13 @@ def main(argv: list[str] | None = None) -> dict:
     quick = "--quick" in argv
     start = time.perf_counter()
     name = RESULTS.stem + ("_quick" if quick else "")
+    seeds = next((a.split("=", 1)[1] for a in argv if a.startswith("--seeds=")), None)
+    if seeds:  # more seeds than make bench runs, one preset: e.g. --seeds=1,2 --preset=default
+        preset = next((a.split("=", 1)[1] for a in argv if a.startswith("--preset=")), "default")
+        mode = {**FULL, "seeds": tuple(int(x) for x in seeds.split(","))}
+        runs = run_all(mode, presets=(preset,))
+        tag = "-".join(str(x) for x in mode["seeds"])
+        return combine(runs, False, time.perf_counter() - start, mode=mode, name=f"{RESULTS.stem}_{preset}_seeds{tag}")
     if "--from-partial" in argv:  # the figures of an interrupted run, from its per-window records
         runs = [json.loads(p.read_text()) for p in sorted(PARTIAL.glob("*.json")) if p.stem.endswith("-quick") == quick]
     elif "--from-runs" in argv:  # the figures again (new figures code) from a finished run's records

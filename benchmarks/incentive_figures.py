@@ -178,6 +178,31 @@ def repowered(run: dict, power: float, recorded: float) -> dict:
     return {**run, "weights": weights}
 
 
+def rerated(run: dict, overrides: list[str]) -> dict:
+    """What-if: the weights the run's own recorded scores (s, r_own, b) earn under its preset with
+    `overrides` (e.g. the paper's `weights.own_data=scale`). Exact for the rating path when every
+    evaluated peer was in sync and accepted (this benchmark's honest-work peers are); the gather
+    list, and so the later scores, are not re-run."""
+    from gauntlet.config import load_config, with_overrides
+    from gauntlet.ratings import PeerScore, ValidatorState, WindowOutcome, advance
+    from gauntlet.verdicts import Verdict
+    from gauntlet.weights import compute_weights
+
+    cfg = with_overrides(load_config(preset=run["preset"]), overrides)
+    by_window: dict[int, dict[int, PeerScore]] = defaultdict(dict)
+    for r in run["scores"]:
+        if r["s"] is not None:
+            by_window[int(r["window"])][int(r["uid"])] = PeerScore(r["s"], r["r_own"], r["b"])
+    state, weights = ValidatorState(), {}
+    for w in _windows(run):
+        scores = by_window.get(w, {})
+        outcome = WindowOutcome(w, {u: Verdict.accept(u) for u in scores}, scores, {u: 1.0 for u in scores})
+        state, records = advance(state, outcome, cfg)
+        paid = compute_weights({r.state.uid: r.state.final_score for r in records}, cfg)
+        weights[w] = {u: paid.get(u, 0.0) for u in (int(x) for x in run["behaviour"])}
+    return {**run, "weights": weights}
+
+
 def whatif_figures(runs: list[dict], warmup: int, tag: str, change) -> dict:
     part = preset_figures([change(r) for r in runs], warmup)
     keys = ("honest_weight_share", "honest_weight_share_worst", "windows_to_exclude_max",
@@ -197,6 +222,8 @@ def figures(runs: list[dict], warmup: int) -> dict:
             p = float(group[0].get("power", 2.0))
             for alpha in (0.5, 0.8):
                 out.update(whatif_figures(group, warmup, f"ema{alpha}", lambda r, a=alpha: smoothed(r, a)))
+            paper_pay = ["weights.own_data=scale", "weights.score_ema=0"]  # the rule before gate + smoothing
+            out.update(whatif_figures(group, warmup, "scale", lambda r: rerated(r, paper_pay)))
             for q in (1.0, 0.5):
                 out.update(whatif_figures(group, warmup, f"power{q}", lambda r, q=q: repowered(r, q, p)))
                 out.update(whatif_figures(group, warmup, f"power{q}_ema0.5",

@@ -102,3 +102,18 @@ def test_repowered_weights_are_the_weights_under_another_power() -> None:
     run = normalise({**_run(), "weights": {0: {u: f ** 2 / 10.0 for u, f in scores.items()}}})
     linear = repowered(run, 1.0, 2.0)["weights"][0]
     assert linear == pytest.approx({1: 0.75, 2: 0.25, 3: 0.0})
+
+
+def test_rerated_weights_follow_the_recorded_scores_under_other_rules() -> None:
+    """uid 1 (b = +1 every window) and uid 2 (-1 first, then +1): under the paper's rule uid 2's
+    smaller B pays it less than its ordinal; under the gate and smoothing both are paid from the
+    ordinal; the data ignorer (b = -1 but in window 2) is paid nothing before its +1."""
+    from benchmarks.incentive_figures import normalise, rerated
+
+    run = normalise(_run())
+    scale = rerated(run, ["weights.own_data=scale", "weights.score_ema=0"])["weights"]
+    gate = rerated(run, ["weights.own_data=gate", "weights.score_ema=0"])["weights"]
+    for weights in (scale, gate):
+        assert all(sum(weights[w].values()) == pytest.approx(1.0) for w in (0, 1, 2))
+        assert weights[0][5] == weights[1][5] == 0.0
+    assert gate[2][2] / gate[2][1] > scale[2][2] / scale[2][1]
