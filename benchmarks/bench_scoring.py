@@ -8,7 +8,8 @@
    time goes (`time_breakdown`: matmuls, log-softmax, attention, other); `per_peer_time_spread`:
    the time per peer at 4, 16 and 64 peers on `tiny`, as the spread max / min - 1 (issue 14's
    "flat within 15%" is a spread <= 0.15; the shared random-before is amortised, nothing else
-   should change).
+   should change), over two rounds of the three counts in alternating order (4, 16, 64, then
+   64, 16, 4) so that the neighbours' drifting load falls on every count alike.
 3. `peak_memory_growth_per_peer`: the peak resident memory of scoring with a fresh dense delta
    per peer (as decoding makes), at 2 and at 10 peers, as a fraction of one delta's bytes.
 4. Screening on `tiny` after TRAIN_STEPS AdamW steps: honest peers (real gradients through the
@@ -194,10 +195,10 @@ def projection() -> dict:
 def main() -> dict:
     torch.set_num_threads(1)
     started = time.process_time()
-    tiny, small = efficiency("tiny", (4, 16, 64)), efficiency("small", (4,))
+    tiny, small = efficiency("tiny", (4, 16, 64), rounds=2), efficiency("small", (4,))
     tiny["time_breakdown"], small["time_breakdown"] = time_breakdown("tiny"), time_breakdown("small", 2)
     small["codec"] = codec_share("small")
-    per_peer = [r["per_peer_s"] for r in tiny["runs"]]
+    per_peer = list(tiny["per_peer_s"].values())
     memory = peak_memory_growth()
     setup = Setup("tiny")
     _train(setup, TRAIN_STEPS)

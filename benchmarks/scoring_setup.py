@@ -113,10 +113,14 @@ def scoring_run(setup: Setup, n_peers: int) -> dict:
     return {"peers": n_peers, "seconds": seconds, "per_peer_s": seconds / n_peers, "flops": fpt * tokens}
 
 
-def efficiency(size: str, peer_counts: tuple[int, ...]) -> dict:
+def efficiency(size: str, peer_counts: tuple[int, ...], rounds: int = 1) -> dict:
     """Each run's CPU time over its floor, the matmul rate measured just before and just after it
     (the floor is the mean of the two): on a shared machine the neighbours' load on the shared
-    core and caches drifts, and bracketing makes the ratio see the same machine on both sides."""
+    core and caches drifts, and bracketing makes the ratio see the same machine on both sides.
+
+    `rounds` > 1 runs every peer count once a round, in alternating order (forward, then
+    backward), so that a drift in the neighbours' load falls on every count alike;
+    `per_peer_s` then sums each count's rounds (`per_peer_time_spread` reads it)."""
     setup = Setup(size)
     d = setup.cfg.data
 
@@ -125,15 +129,17 @@ def efficiency(size: str, peer_counts: tuple[int, ...]) -> dict:
 
     scoring_run(setup, 1)  # untimed: the scratch copy, the allocator's first growth, lazy imports
     rates, runs = [rate()], []
-    for n in peer_counts:
-        runs.append(scoring_run(setup, n))
-        rates.append(rate())
+    for r in range(rounds):
+        for n in (peer_counts if r % 2 == 0 else peer_counts[::-1]):
+            runs.append(scoring_run(setup, n))
+            rates.append(rate())
     for run, before, after in zip(runs, rates, rates[1:]):
         run["floor_s"] = run["flops"] * (1 / before + 1 / after) / 2
         run["efficiency"] = run["seconds"] / run["floor_s"]
     total = sum(r["seconds"] for r in runs) / sum(r["floor_s"] for r in runs)
+    per_peer = {n: sum(r["seconds"] for r in runs if r["peers"] == n) / (n * rounds) for n in peer_counts}
     return {"matmul_flops_per_s": statistics.median(rates), "matmul_flops_per_s_runs": rates, "runs": runs,
-            "efficiency": total}
+            "rounds": rounds, "per_peer_s": per_peer, "efficiency": total}
 
 
 OP_GROUPS = {
