@@ -90,6 +90,7 @@ def run_one(preset: str, seed: int, windows: int, data_dir: str, partial: str | 
                 "scores": [{"window": int(r["window_id"]), "uid": int(r["uid"]), "s": r["gradient_score"],
                             "r_own": r["own_improvement"], "b": r["indicator"]} for r in scores.to_dicts()],
                 "loss": dict(loss), "own_margin": cfg.uniqueness.own_margin, "power": cfg.weights.power,
+                "own_data": cfg.weights.own_data, "score_ema": cfg.weights.score_ema,
                 "seconds_validate": seconds, "seconds_miners": miner_seconds}
 
         def validate(window: int) -> None:
@@ -173,10 +174,12 @@ def main(argv: list[str] | None = None) -> dict:
     if "--from-partial" in argv:  # the figures of an interrupted run, from its per-window records
         runs = [json.loads(p.read_text()) for p in sorted(PARTIAL.glob("*.json")) if p.stem.endswith("-quick") == quick]
     elif "--from-runs" in argv:  # the figures again (new figures code) from a finished run's records
+        name = next((a.split("=", 1)[1] for a in argv if a.startswith("--name=")), name)  # e.g. incentive_default_seeds1-2
         runs = json.loads((RESULTS.parent / f"{name}_runs.json").read_text())
         previous = RESULTS.parent / f"{name}.json"  # the run's own duration, not this recomputation's
         seconds = json.loads(previous.read_text()).get("seconds_total") if previous.is_file() else None
-        return combine(runs, quick, seconds)
+        mode = {**(QUICK if quick else FULL), "seeds": tuple(sorted({int(r["seed"]) for r in runs}))}
+        return combine(runs, quick, seconds, mode=mode, name=name)
     else:
         runs = run_all(QUICK if quick else FULL)
     return combine(runs, quick, time.perf_counter() - start, partial="--from-partial" in argv)

@@ -188,7 +188,8 @@ def rerated(run: dict, overrides: list[str]) -> dict:
     from gauntlet.verdicts import Verdict
     from gauntlet.weights import compute_weights
 
-    cfg = with_overrides(load_config(preset=run["preset"]), overrides)
+    ran = [f"weights.{k}={run[k]}" for k in ("power", "own_data", "score_ema") if run.get(k) is not None]
+    cfg = with_overrides(load_config(preset=run["preset"]), [*ran, *overrides])  # the run's own settings first
     by_window: dict[int, dict[int, PeerScore]] = defaultdict(dict)
     for r in run["scores"]:
         if r["s"] is not None:
@@ -222,8 +223,9 @@ def figures(runs: list[dict], warmup: int) -> dict:
             p = float(group[0].get("power", 2.0))
             for alpha in (0.5, 0.8):
                 out.update(whatif_figures(group, warmup, f"ema{alpha}", lambda r, a=alpha: smoothed(r, a)))
-            paper_pay = ["weights.own_data=scale", "weights.score_ema=0"]  # the rule before gate + smoothing
-            out.update(whatif_figures(group, warmup, "scale", lambda r: rerated(r, paper_pay)))
+            # The same scores under the alternatives of weights.own_data and score_ema (exact for pay).
+            for tag, change in (("noema", ["weights.score_ema=0"]), ("gate", ["weights.own_data=gate"])):
+                out.update(whatif_figures(group, warmup, tag, lambda r, c=change: rerated(r, c)))
             for q in (1.0, 0.5):
                 out.update(whatif_figures(group, warmup, f"power{q}", lambda r, q=q: repowered(r, q, p)))
                 out.update(whatif_figures(group, warmup, f"power{q}_ema0.5",
@@ -244,13 +246,13 @@ def chart(runs: list[dict], path: Path) -> None:
     for ax, preset in zip(axes[0], presets):
         group = [r for r in runs if r["preset"] == preset]
         kinds = sorted({b for r in group for b in r["behaviour"].values()})
+        steps = min(len(r["weights"]) for r in group)  # seeds start at different windows: count from each start
         for kind in kinds:
-            windows = _windows(group[0])
-            series = [statistics.fmean(statistics.fmean(_w(r, w, u) for u, b in r["behaviour"].items() if b == kind)
-                                       for r in group) for w in windows]
-            ax.plot(windows, series, label=kind, linestyle="-" if kind in WORK or kind == "scaled" else "--")
+            series = [statistics.fmean(statistics.fmean(_w(r, _windows(r)[i], u) for u, b in r["behaviour"].items()
+                                                        if b == kind) for r in group) for i in range(steps)]
+            ax.plot(range(steps), series, label=kind, linestyle="-" if kind in WORK or kind == "scaled" else "--")
         ax.set_title(f"preset {preset}: weight per behaviour")
-        ax.set_xlabel("window")
+        ax.set_xlabel("window (from the network's first)")
         ax.set_ylabel("weight per peer (mean over the behaviour's peers)")
     axes[0][-1].legend(fontsize=7, loc="upper right")
     fig.tight_layout()
