@@ -28,7 +28,10 @@ ROOT = Path(__file__).resolve().parents[2]
 def _start(folder: Path, window: int) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "flows.cli", "validate", "--network", str(folder), "--window", str(window)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # Its own process group: the validator starts a temporary Prefect API server as a child,
+    # which a SIGKILL of the validator alone would leave running (orphaned) after the test.
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
 
 
 def _kill_when(proc: subprocess.Popen, path: Path, timeout_s: float = 240.0) -> bool:
@@ -36,13 +39,13 @@ def _kill_when(proc: subprocess.Popen, path: Path, timeout_s: float = 240.0) -> 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if path.exists():
-            proc.send_signal(signal.SIGKILL)
+            os.killpg(proc.pid, signal.SIGKILL)  # the validator and its temporary API server
             proc.wait()
             return True
         if proc.poll() is not None:
             return False
         time.sleep(0.02)
-    proc.kill()
+    os.killpg(proc.pid, signal.SIGKILL)
     raise TimeoutError(f"{path} never appeared: {proc.stderr.read().decode()[-2000:]}")
 
 
