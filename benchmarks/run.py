@@ -121,9 +121,26 @@ def write_summary(out: Path, results: dict[str, dict], timing: dict[str, dict] |
 
 def collect(out: Path) -> dict[str, dict]:
     """The figures already in `out` (one JSON per benchmark), for a summary without a rerun; not the
-    run's timing, nor the flat summary that `--out` writes into the same folder."""
-    loaded = {p.stem: json.loads(p.read_text()) for p in sorted(out.glob("*.json")) if p.name not in (TIMING, "results.json")}
-    return {name: figures for name, figures in loaded.items() if isinstance(figures, dict)}  # not raw records
+    run's timing, nor the flat summary that `--out` writes into the same folder.
+
+    An extra run of a benchmark written beside it as `<name>_<tag>.json` (e.g. the incentive
+    benchmark's other seeds, `incentive_default_seeds1-2.json`) keeps its figures apart: each key
+    gets the suffix `_<tag>`, so it never replaces the benchmark's own figure of the same name."""
+    names = _names([])
+    results: dict[str, dict] = {}
+    for path in sorted(out.glob("*.json")):
+        if path.name in (TIMING, "results.json"):
+            continue
+        figures = json.loads(path.read_text())
+        if not isinstance(figures, dict):  # raw records (`*_runs.json`, rows), not figures
+            continue
+        base = next((n for n in names if path.stem.startswith(n + "_")), None)
+        if path.stem in names:
+            results[path.stem] = figures
+        elif base is not None:
+            tag = path.stem[len(base) + 1:]
+            results[path.stem] = {f"{k}_{tag}": v for k, v in figures.items()}
+    return results
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:

@@ -40,6 +40,20 @@ def test_summary_opens_with_the_goals_table_computed_from_the_figures(tmp_path: 
     assert "Quick run" in md and "s wall in all" not in md
 
 
+def test_an_extra_run_beside_a_benchmark_keeps_its_figures_apart(tmp_path: Path) -> None:
+    """`incentive_default_seeds1-2.json` (other seeds, run on their own) must not replace the
+    incentive benchmark's figures of the same name: its keys get the file's suffix."""
+    (tmp_path / "incentive.json").write_text(json.dumps({"honest_pay_cv": 0.2, "peers": 13}))
+    (tmp_path / "incentive_default_seeds1-2.json").write_text(json.dumps({"honest_pay_cv": 0.9}))
+    (tmp_path / "incentive_runs.json").write_text(json.dumps([{"seed": 0}]))  # records: not figures
+    (tmp_path / "notes_extra.json").write_text(json.dumps({"honest_pay_cv": 5.0}))  # no such benchmark
+    got = run.collect(tmp_path)
+    assert got == {"incentive": {"honest_pay_cv": 0.2, "peers": 13},
+                   "incentive_default_seeds1-2": {"honest_pay_cv_default_seeds1-2": 0.9}}
+    figures = run.flat(got)
+    assert figures["honest_pay_cv"] == 0.2 and figures["honest_pay_cv_default_seeds1-2"] == 0.9
+
+
 def test_jobs_run_longest_first_and_unknown_benchmarks_in_the_middle(tmp_path: Path) -> None:
     names = ["codec", "screening", "newcomer", "window"]
     benches = {n: schedule.Bench(n, tmp_path / f"{n}.json", split=False) for n in names}

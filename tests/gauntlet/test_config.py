@@ -68,7 +68,7 @@ PAPER = {
 }
 OURS = {("scoring", "policy"): "all", ("scoring", "seed_source"): "chain",
         ("scoring", "shared_random_batches"): True, ("uniqueness", "own_test"): "sequential",
-        ("weights", "power"): 1.0, ("weights", "score_ema"): 0.3}
+        ("weights", "power"): 1.0, ("weights", "score_ema"): 0.5}
 
 
 @pytest.mark.parametrize(("key", "value"), PAPER.items(), ids=[".".join(k) for k in PAPER])
