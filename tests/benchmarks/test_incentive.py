@@ -106,8 +106,8 @@ def test_repowered_weights_are_the_weights_under_another_power() -> None:
 
 def test_rerated_weights_follow_the_recorded_scores_under_other_rules() -> None:
     """uid 1 (b = +1 every window) and uid 2 (-1 first, then +1): under the paper's rule uid 2's
-    smaller B pays it less than its ordinal; under the gate and smoothing both are paid from the
-    ordinal; the data ignorer (b = -1 but in window 2) is paid nothing before its +1."""
+    smaller B pays it less than its ordinal; under the gate both are paid from the ordinal; the
+    data ignorer (b = -1 but in window 2) is paid nothing before its +1."""
     from benchmarks.incentive_figures import normalise, rerated
 
     run = normalise(_run())
