@@ -81,8 +81,6 @@ def run_one(attack: str, init_seed: int, windows: int, data_dir: str, start_wind
         net = init_network(Path(tmp) / "net", behaviours=roster(attack), seed=init_seed,
                            corpus=Path(data_dir) / "corpus", tokenizer=Path(data_dir) / "tokenizer",
                            overrides=overrides)
-        if start_window:  # the chain at the network's first window
-            net.chain.produce_blocks(start_window * net.config.chain.blocks_per_window)
         state, aggregated = [ValidatorState()], []
         miners = open_miners(net)
         shadows = Shadows(miners, [p.uid for p in net.peers if p.behaviour == "honest"], f=COPIES)

@@ -71,8 +71,6 @@ def run_one(preset: str, seed: int, windows: int, data_dir: str, partial: str | 
                            tokenizer=Path(data_dir) / "tokenizer",
                            overrides={"preset": preset, **OVERRIDES, "model": {"init_seed": seed},
                                       "chain": {"start_window": start_window}})
-        if start_window:  # the chain at the network's first window
-            net.chain.produce_blocks(start_window * net.config.chain.blocks_per_window)
         cfg, state, weights, seconds = net.config, [ValidatorState()], {}, []
         miners = open_miners(net)
         shadows = Shadows(miners, [p.uid for p in net.peers if p.behaviour == "honest"],

@@ -225,7 +225,9 @@ def init_network(folder: Path = DEFAULT_FOLDER, peers: int | None = None, behavi
 
     `behaviours` (one per peer, in uid order) wins over `peers`; both given must agree. Without
     either there are 12 peers in the default mix. `overrides` change settings of the network's
-    config.toml (tests shorten the put window with them).
+    config.toml (tests shorten the put window with them); with `chain.start_window` W > 0 the
+    chain is created at W's first block, so the first window mined is W (other pages, the
+    learning-rate schedule of a network that started there).
     """
     roster = list(behaviours) if behaviours is not None else default_mix(12 if peers is None else peers)
     if peers is not None and len(roster) != peers:
@@ -247,6 +249,8 @@ def init_network(folder: Path = DEFAULT_FOLDER, peers: int | None = None, behavi
     validator = _join(chain, folder, cfg.validator.hotkey, "validator", VALIDATOR_STAKE)
     members = [_join(chain, folder, f"peer-{i:03d}", name) for i, name in enumerate(roster)]
     commit_endpoints(chain, members)  # peers that run their own S3 endpoint commit it instead
+    if cfg.chain.start_window:  # the chain at the network's first window: its miners start there
+        chain.produce_blocks(cfg.chain.start_window * cfg.chain.blocks_per_window)
     network = Network(folder, cfg, chain, members, validator, seed)
     _write_json(folder / "manifest.json", network.manifest)
     return network

@@ -108,6 +108,18 @@ def test_init_creates_a_network_the_chain_describes(tmp_path: Path, data_paths) 
     assert again.behaviour_of(net.peers[-1].uid) == net.peers[-1].behaviour
 
 
+def test_a_network_configured_to_start_later_starts_its_chain_there(tmp_path: Path, data_paths) -> None:
+    """chain.start_window W: the chain is created at W's first block, so the first window the
+    miners run is W (the benchmarks' seeds start networks at other windows this way)."""
+    from gauntlet.clock import window_of
+
+    net = init_network(tmp_path / "late", behaviours=["honest"], overrides={"chain": {"start_window": 3}},
+                       **data_paths)
+    bpw = net.config.chain.blocks_per_window
+    assert net.chain.block() == 3 * bpw and window_of(net.chain.block(), bpw) == 3
+    assert init_network(tmp_path / "now", behaviours=["honest"], **data_paths).chain.block() == 0
+
+
 def test_init_refuses_to_overwrite_without_force(tmp_path: Path, data_paths) -> None:
     folder = tmp_path / "net"
     init_network(folder, behaviours=["honest", "late"], **data_paths)
