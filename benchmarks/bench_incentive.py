@@ -20,6 +20,7 @@ them with the other benchmarks on the machine's cores, and `combine` makes the f
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -157,22 +158,31 @@ def combine(runs: list[dict], quick: bool, seconds: float | None, partial: bool 
     return out
 
 
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_incentive", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="CI smoke: 3 windows, written as incentive_quick*")
+    parser.add_argument("--seeds", help="other seeds of one preset, run on their own, e.g. 1,2")
+    parser.add_argument("--preset", default="default", help="the preset of --seeds (default: default)")
+    again = parser.add_mutually_exclusive_group()
+    again.add_argument("--from-partial", action="store_true", help="figures of an interrupted run's per-window records")
+    again.add_argument("--from-runs", action="store_true", help="figures again from a finished run's records")
+    parser.add_argument("--name", help="with --from-runs: the records' name, e.g. incentive_default_seeds1-2")
+    return parser.parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> dict:
-    argv = sys.argv[1:] if argv is None else argv
-    quick = "--quick" in argv
-    start = time.perf_counter()
-    name = RESULTS.stem + ("_quick" if quick else "")
-    seeds = next((a.split("=", 1)[1] for a in argv if a.startswith("--seeds=")), None)
-    if seeds:  # more seeds than make bench runs, one preset: e.g. --seeds=1,2 --preset=default
-        preset = next((a.split("=", 1)[1] for a in argv if a.startswith("--preset=")), "default")
-        mode = {**FULL, "seeds": tuple(int(x) for x in seeds.split(","))}
-        runs = run_all(mode, presets=(preset,))
+    args = _parse(sys.argv[1:] if argv is None else argv)
+    quick, start = args.quick, time.perf_counter()
+    name = args.name or RESULTS.stem + ("_quick" if quick else "")
+    if args.seeds:  # more seeds than make bench runs, one preset
+        mode = {**FULL, "seeds": tuple(int(x) for x in args.seeds.split(","))}
+        runs = run_all(mode, presets=(args.preset,))
         tag = "-".join(str(x) for x in mode["seeds"])
-        return combine(runs, False, time.perf_counter() - start, mode=mode, name=f"{RESULTS.stem}_{preset}_seeds{tag}")
-    if "--from-partial" in argv:  # the figures of an interrupted run, from its per-window records
+        return combine(runs, False, time.perf_counter() - start, mode=mode,
+                       name=f"{RESULTS.stem}_{args.preset}_seeds{tag}")
+    if args.from_partial:  # the figures of an interrupted run, from its per-window records
         runs = [json.loads(p.read_text()) for p in sorted(PARTIAL.glob("*.json")) if p.stem.endswith("-quick") == quick]
-    elif "--from-runs" in argv:  # the figures again (new figures code) from a finished run's records
-        name = next((a.split("=", 1)[1] for a in argv if a.startswith("--name=")), name)  # e.g. incentive_default_seeds1-2
+    elif args.from_runs:  # the figures again (new figures code) from a finished run's records
         runs = json.loads((RESULTS.parent / f"{name}_runs.json").read_text())
         previous = RESULTS.parent / f"{name}.json"  # the run's own duration, not this recomputation's
         seconds = json.loads(previous.read_text()).get("seconds_total") if previous.is_file() else None
@@ -180,7 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
         return combine(runs, quick, seconds, mode=mode, name=name)
     else:
         runs = run_all(QUICK if quick else FULL)
-    return combine(runs, quick, time.perf_counter() - start, partial="--from-partial" in argv)
+    return combine(runs, quick, time.perf_counter() - start, partial=args.from_partial)
 
 
 def _jsonable(value: object) -> object:
