@@ -3,7 +3,8 @@
 For peer k, ``theta_k = theta - eta * sign(delta_k)`` with ``eta = eval_lr_factor * lr_W``. The
 live model is never touched: ``theta_k`` is written into one scratch copy of the parameters and
 the model is run functionally (``torch.func.functional_call``), so scoring P peers costs one
-extra copy of the weights, not P deep copies of the model (the reference deep-copied).
+extra copy of the weights, not P deep copies of the model (the reference deep-copied). The LM
+head and the loss run a chunk of positions at a time (`gauntlet.model.causal_lm_loss_sum`).
 
 Losses are token-weighted means: sums of per-token cross-entropy and token counts stay on the
 device; the whole stage does one host transfer at the end (nanochat's evaluation habit).
@@ -18,9 +19,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torch.func import functional_call
-
-from gauntlet.model import autocast, token_loss_sum
+from gauntlet.model import autocast, causal_lm_loss_sum
 
 Batches = Sequence[Tensor]  # each (B, T) token ids
 
@@ -70,9 +69,8 @@ class LossEvaluator:
 
     def _loss_sum(self, params: Mapping[str, Tensor], batch: Tensor) -> tuple[Tensor, int]:
         batch = batch.to(self.device, non_blocking=True)
-        state = (dict(params), self.buffers)
         with autocast(self.device):
-            return token_loss_sum(lambda b: functional_call(self.model, state, (b,)), batch)
+            return causal_lm_loss_sum(self.model, params, self.buffers, batch)
 
     @torch.no_grad()
     def batch_sums(self, params: Mapping[str, Tensor], batches: Batches) -> tuple[list[Tensor], list[int]]:

@@ -40,10 +40,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torch.func import functional_call
 
 from gauntlet.config import GauntletConfig
-from gauntlet.model import autocast, token_loss_sum
+from gauntlet.model import autocast, causal_lm_loss_sum
 
 
 @dataclass(frozen=True)
@@ -70,14 +69,14 @@ def random_gradient(model: torch.nn.Module, batches: Sequence[Tensor],
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.eval()
     params = {n: p.detach().requires_grad_(True) for n, p in model.named_parameters()}
-    state = (params, {n: b.detach() for n, b in model.named_buffers()})
+    buffers = {n: b.detach() for n, b in model.named_buffers()}
     tokens = sum(b.shape[0] * (b.shape[1] - 1) for b in batches)
     grad = {n: torch.zeros_like(p) for n, p in params.items()}
     total = torch.zeros((), dtype=torch.float64, device=device)
     with _deterministic():
         for batch in batches:
             with autocast(device):
-                loss, _ = token_loss_sum(lambda b: functional_call(model, state, (b,)), batch.to(device))
+                loss, _ = causal_lm_loss_sum(model, params, buffers, batch.to(device))
             parts = torch.autograd.grad(loss / tokens, list(params.values()), allow_unused=True)
             for (name, _), part in zip(params.items(), parts):
                 if part is not None:

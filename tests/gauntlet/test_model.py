@@ -13,6 +13,7 @@ from gauntlet.model import (
     SIZES,
     autocast,
     build_model,
+    causal_lm_loss_sum,
     keep_freed_memory,
     llama_config,
     model_fingerprint,
@@ -210,3 +211,28 @@ def test_freed_activation_memory_is_reused_without_page_faults():
 
     faults = [faults_of_one_allocation() for _ in range(5)]
     assert min(faults[2:]) < size // 4096 // 10, faults
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 128, 10_000])
+def test_chunked_loss_sum_matches_the_whole_logits_loss_and_its_gradient(chunk):
+    model = build_model("tiny", 256, seed=0)
+    batch = torch.randint(0, 256, (3, 17), generator=torch.Generator().manual_seed(3))
+    params = {n: p.detach().clone().requires_grad_(True) for n, p in model.named_parameters()}
+    buffers = dict(model.named_buffers())
+    loss, count = causal_lm_loss_sum(model, params, buffers, batch, chunk=chunk)
+    reference, ref_count = token_loss_sum(model, batch)
+    assert count == ref_count == 3 * 16 and loss.dtype == torch.float64
+    torch.testing.assert_close(loss.float(), reference.detach(), rtol=1e-6, atol=1e-5)
+    grads = torch.autograd.grad(loss, list(params.values()))
+    reference.backward()
+    for (name, p), g in zip(model.named_parameters(), grads):
+        torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_chunked_loss_sum_rejects_bad_input():
+    model = build_model("tiny", 256, seed=0)
+    params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
+    with pytest.raises(ValueError, match="T >= 2"):
+        causal_lm_loss_sum(model, params, buffers, torch.zeros(2, 1, dtype=torch.long))
+    with pytest.raises(ValueError, match="chunk must be at least 1"):
+        causal_lm_loss_sum(model, params, buffers, torch.zeros(2, 4, dtype=torch.long), chunk=0)
