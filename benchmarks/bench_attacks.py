@@ -17,7 +17,10 @@ its learning-rate schedule is the same) and trains on other pages. The change of
 not evidence either way.
 
 Also per attack: the files Gauntlet's step averaged per window and the attack's share of them
-(`gathered`), to tell an attack getting through from fewer honest files averaged. `scaled` does
+(`gathered`), to tell an attack getting through from fewer honest files averaged; and who was
+paid (`honest_pay`): the share of honest peers' windows after the first gather list (PAY_FROM)
+that paid them nothing, and the spread (CV) of their cumulative pay. In the honest-only networks
+these say what the rating does when there is no attacker to rank last. `scaled` does
 honest work and unit-norm aggregation undoes its x100, so its network is the honest one's.
 
 Every rule is told to tolerate f = 2 (the attackers' count) in every network, the honest-only
@@ -50,6 +53,9 @@ FULL = {"windows": 12, "attacks": ATTACKS, "noise": True}
 """12 windows: 10 networks of ~70 CPU s each, ~6 minutes on two free cores (743 s wall measured
 on a shared, loaded one); the loss falls ~6 % from its initial value in that time."""
 QUICK = {"windows": 2, "attacks": ATTACKS[:1], "noise": False}
+PAY_FROM = 4
+"""Pay is counted from the 5th window on: the first gather list takes effect then (the windows
+before it aggregate every accepted file, and the first ratings come from one or two matches)."""
 ROBUST = ("median", "trimmed_mean", "krum", "multi_krum", "centered_clipping", "bulyan")
 """The rules of aggregators.RULES that claim robustness (plain mean does not)."""
 
@@ -81,12 +87,14 @@ def run_one(attack: str, init_seed: int, windows: int, data_dir: str, start_wind
         net = init_network(Path(tmp) / "net", behaviours=roster(attack), seed=init_seed,
                            corpus=Path(data_dir) / "corpus", tokenizer=Path(data_dir) / "tokenizer",
                            overrides=overrides)
-        state, aggregated = [ValidatorState()], []
+        state, aggregated, weights = [ValidatorState()], [], []
         miners = open_miners(net)
         shadows = Shadows(miners, [p.uid for p in net.peers if p.behaviour == "honest"], f=COPIES)
 
         def validate(window: int) -> None:
-            state[0] = validate_window(Direct(), net.config, window, state=state[0]).rated.state
+            rated = validate_window(Direct(), net.config, window, state=state[0]).rated
+            state[0] = rated.state
+            weights.append({str(u): w for u, w in sorted(rated.weights.items())})
 
         def on_report(report) -> None:
             aggregated.append(sorted(report.aggregated) if report.stepped else [])
@@ -95,6 +103,7 @@ def run_one(attack: str, init_seed: int, windows: int, data_dir: str, start_wind
         run_network(net, windows, validate, miners=miners, on_report=on_report)
         return {"attack": attack, "init_seed": init_seed, "start_window": start_window, "windows": windows,
                 "attackers": [p.uid for p in net.peers if p.behaviour == attack], "aggregated": aggregated,
+                "honest": [p.uid for p in net.peers if p.behaviour == "honest"], "weights": weights,
                 "loss": shadows.losses(), "seconds": round(time.perf_counter() - start, 1)}
 
 
@@ -137,6 +146,8 @@ def figures(runs: list[dict]) -> dict:
                 f"attack_loss_ratios_{a}": {k: round(v, 4) for k, v in r.items()}}
         size, share = gathered(run)
         out |= {f"attack_gauntlet_aggregated_mean_{a}": size, f"attack_attacker_share_aggregated_{a}": share}
+        zeroed, cv = honest_pay(run)
+        out |= {f"attack_honest_zeroed_share_{a}": zeroed, f"attack_honest_pay_cv_{a}": cv}
     out["attack_gauntlet_gap_worst"] = round(max(gaps.values()), 4) if gaps else None
     out["attack_worst"] = max(gaps, key=gaps.__getitem__) if gaps else None
     noise = noise_runs(runs)
@@ -146,6 +157,11 @@ def figures(runs: list[dict]) -> dict:
     if noise:
         out["attack_loss_ratios_honest_only"] = [{k: round(v, 4) for k, v in n.items()} for n in noise]
         out["attack_gauntlet_aggregated_mean_honest_only"] = gathered(next(r for r in runs if r["attack"] == NONE))[0]
+    pays = [honest_pay(r) for r in runs if r["attack"] == NONE]
+    pays = [p for p in pays if p[0] is not None]
+    if pays:  # the mean over the honest-only networks
+        out["attack_honest_zeroed_share_honest_only"] = round(statistics.fmean(p[0] for p in pays), 4)
+        out["attack_honest_pay_cv_honest_only"] = round(statistics.fmean(p[1] for p in pays), 4)
     out["attack_gap_over_noise"] = ([a for a, g in gaps.items() if g > out["attack_loss_noise"]]
                                     if changes else None)
     return out
@@ -160,6 +176,21 @@ def gathered(run: dict) -> tuple[float | None, float | None]:
     bad = set(run.get("attackers", []))
     share = sum(len(bad & set(u)) for u in steps) / sum(len(u) for u in steps)
     return round(statistics.fmean(len(u) for u in steps), 2), round(share, 4)
+
+
+def honest_pay(run: dict) -> tuple[float | None, float | None]:
+    """From window PAY_FROM on: the share of (window, honest peer) pairs with weight 0, and the
+    coefficient of variation (population) of the honest peers' cumulative weight (None, None:
+    weights not recorded, or no window that late)."""
+    paid = run.get("weights", [])[PAY_FROM:]
+    honest = [str(u) for u in run.get("honest", [])]
+    if not paid or not honest:
+        return None, None
+    zeroed = sum(1 for w in paid for u in honest if w.get(u, 0.0) <= 0) / (len(paid) * len(honest))
+    totals = [sum(w.get(u, 0.0) for w in paid) for u in honest]
+    mean = statistics.fmean(totals)
+    cv = statistics.pstdev(totals) / mean if mean > 0 else None
+    return round(zeroed, 4), None if cv is None else round(cv, 4)
 
 
 def noise_runs(runs: list[dict]) -> list[dict[str, float]]:

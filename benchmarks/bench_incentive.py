@@ -53,9 +53,10 @@ depend only on uid and window, so the network seed alone would replay seed 0's r
 (measured: seeds 1 and 2 gave seed 0's figures to the last digit)."""
 
 
-def run_one(preset: str, seed: int, windows: int, data_dir: str, partial: str | None = None) -> dict:
-    """One network, one preset: the per-window records (JSON-able), also written to `partial`
-    after every validated window (so an interrupted run still leaves its windows)."""
+def run_one(preset: str, seed: int, windows: int, data_dir: str, partial: str | None = None,
+            size: str = "tiny") -> dict:
+    """One network, one preset, one model size: the per-window records (JSON-able), also written
+    to `partial` after every validated window (so an interrupted run still leaves its windows)."""
     import torch
 
     torch.set_num_threads(1)
@@ -70,7 +71,8 @@ def run_one(preset: str, seed: int, windows: int, data_dir: str, partial: str | 
         start_window = SEED_START * seed
         net = init_network(Path(tmp) / "net", behaviours=MIX, seed=seed, corpus=Path(data_dir) / "corpus",
                            tokenizer=Path(data_dir) / "tokenizer",
-                           overrides={"preset": preset, **OVERRIDES, "model": {"init_seed": seed},
+                           overrides={"preset": preset, **OVERRIDES,
+                                      "model": {"init_seed": seed, "size": size},
                                       "chain": {"start_window": start_window}})
         cfg, state, weights, seconds = net.config, [ValidatorState()], {}, []
         miners = open_miners(net)
@@ -84,7 +86,7 @@ def run_one(preset: str, seed: int, windows: int, data_dir: str, partial: str | 
             if with_loss:  # held-out loss of 10 models: every LOSS_EVERY windows in the partial file
                 loss.update(shadows.losses(), windows=len(weights))
             scores = AuditStore(cfg.audit.root).read("scores")
-            return {"preset": preset, "seed": seed, "behaviour": {p.uid: p.behaviour for p in net.peers},
+            return {"preset": preset, "seed": seed, "size": size, "behaviour": {p.uid: p.behaviour for p in net.peers},
                 "honest_work": net.honest_work, "weights": weights,
                 "scores": [{"window": int(r["window_id"]), "uid": int(r["uid"]), "s": r["gradient_score"],
                             "r_own": r["own_improvement"], "b": r["indicator"]} for r in scores.to_dicts()],
@@ -120,7 +122,10 @@ def _tasks(mode: dict, data: str, presets: tuple[str, ...] = PRESETS) -> list[tu
     """The arguments of `run_one` for every (preset, seed) of `mode`, each with its partial file."""
     PARTIAL.mkdir(parents=True, exist_ok=True)
     tag = "-quick" if mode is QUICK else ""  # a quick run beside a full one must not overwrite its records
-    return [(p, s, mode["windows"], data, str(PARTIAL / f"{p}-{s}{tag}.json")) for s in mode["seeds"] for p in presets]
+    size = mode.get("size", "tiny")
+    tag += "" if size == "tiny" else f"-{size}"
+    return [(p, s, mode["windows"], data, str(PARTIAL / f"{p}-{s}{tag}.json"), size)
+            for s in mode["seeds"] for p in presets]
 
 
 def parts(quick: bool, scratch: Path) -> list[tuple]:
@@ -147,7 +152,7 @@ def combine(runs: list[dict], quick: bool, seconds: float | None, partial: bool 
     out = figures(runs, mode["warmup"])
     validated = min(len(r["weights"]) for r in runs)
     out.update({"mode": "quick" if quick else "full", "windows": validated if partial else mode["windows"],
-                "seeds": list(mode["seeds"]), "windows_validated": validated,
+                "seeds": list(mode["seeds"]), "size": mode.get("size", "tiny"), "windows_validated": validated,
                 "peers": len(MIX), "mix": MIX, "seconds_total": None if seconds is None else round(seconds, 1)})
     folder = RESULTS.parent
     folder.mkdir(parents=True, exist_ok=True)
@@ -163,6 +168,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="CI smoke: 3 windows, written as incentive_quick*")
     parser.add_argument("--seeds", help="other seeds of one preset, run on their own, e.g. 1,2")
     parser.add_argument("--preset", default="default", help="the preset of --seeds (default: default)")
+    parser.add_argument("--size", default="tiny", help="the model size of --seeds (default: tiny; written as "
+                        "incentive_<preset>_<size>_seeds<...> when not tiny)")
+    parser.add_argument("--windows", type=int, help=f"windows of --seeds runs (default: {FULL['windows']})")
     again = parser.add_mutually_exclusive_group()
     again.add_argument("--from-partial", action="store_true", help="figures of an interrupted run's per-window records")
     again.add_argument("--from-runs", action="store_true", help="figures again from a finished run's records")
@@ -175,11 +183,13 @@ def main(argv: list[str] | None = None) -> dict:
     quick, start = args.quick, time.perf_counter()
     name = args.name or RESULTS.stem + ("_quick" if quick else "")
     if args.seeds:  # more seeds than make bench runs, one preset
-        mode = {**FULL, "seeds": tuple(int(x) for x in args.seeds.split(","))}
+        mode = {**FULL, "seeds": tuple(int(x) for x in args.seeds.split(",")), "size": args.size,
+                "windows": args.windows or FULL["windows"]}
         runs = run_all(mode, presets=(args.preset,))
         tag = "-".join(str(x) for x in mode["seeds"])
+        size = "" if args.size == "tiny" else f"{args.size}_"
         return combine(runs, False, time.perf_counter() - start, mode=mode,
-                       name=f"{RESULTS.stem}_{args.preset}_seeds{tag}")
+                       name=f"{RESULTS.stem}_{args.preset}_{size}seeds{tag}")
     if args.from_partial:  # the figures of an interrupted run, from its per-window records
         runs = [json.loads(p.read_text()) for p in sorted(PARTIAL.glob("*.json")) if p.stem.endswith("-quick") == quick]
     elif args.from_runs:  # the figures again (new figures code) from a finished run's records

@@ -78,3 +78,19 @@ def test_full_mode_runs_every_attack_and_two_noise_networks_on_other_data() -> N
     assert [a[0] for a in args] == [*ATTACKS, NONE, NONE] and {a[2] for a in args} == {FULL["windows"]}
     first, second = args[-2:]
     assert first[1] != second[1] and first[4] == 0 < second[4]  # other init seed, other pages
+
+
+def test_honest_pay_counts_zero_weights_and_the_spread_after_the_first_gather_list() -> None:
+    early = [{"1": 0.5, "2": 0.5, "3": 0.0}] * bench_attacks.PAY_FROM  # not counted
+    late = [{"1": 0.6, "2": 0.4, "3": 0.0}, {"1": 0.2, "2": 0.0, "3": 0.8}]
+    run = _run(NONE, 1.0, {}) | {"honest": [1, 2, 3], "weights": early + late}
+    zeroed, cv = bench_attacks.honest_pay(run)
+    assert zeroed == pytest.approx(2 / 6, abs=1e-4)  # uid 3 in the first late window, uid 2 in the second
+    totals = [0.8, 0.4, 0.8]
+    mean = sum(totals) / 3
+    assert cv == pytest.approx((sum((t - mean) ** 2 for t in totals) / 3) ** 0.5 / mean, abs=1e-4)
+    assert bench_attacks.honest_pay(_run(NONE, 1.0, {})) == (None, None)  # no weights recorded
+    got = figures([_run("alie", 1.0, {}) | {"honest": [1, 2, 3], "weights": early + late}, run,
+                   _run(NONE, 1.0, {}, 1) | {"honest": [1, 2, 3], "weights": early + late[:1]}])
+    assert got["attack_honest_zeroed_share_alie"] == pytest.approx(0.3333)
+    assert got["attack_honest_zeroed_share_honest_only"] == pytest.approx((0.3333 + 0.3333) / 2, abs=1e-4)

@@ -117,3 +117,13 @@ def test_rerated_weights_follow_the_recorded_scores_under_other_rules() -> None:
         assert all(sum(weights[w].values()) == pytest.approx(1.0) for w in (0, 1, 2))
         assert weights[0][5] == weights[1][5] == 0.0
     assert gate[2][2] / gate[2][1] > scale[2][2] / scale[2][1]
+
+
+def test_runs_carry_the_model_size_and_keep_their_partial_records_apart() -> None:
+    from benchmarks.bench_incentive import FULL, _parse, _tasks
+
+    tiny, small = _tasks(FULL, "d", ("default",)), _tasks({**FULL, "size": "small"}, "d", ("default",))
+    assert [t[5] for t in tiny + small] == ["tiny", "small"]
+    assert tiny[0][4] != small[0][4] and small[0][4].endswith("default-0-small.json")
+    args = _parse(["--seeds=0", "--size=small", "--windows=12"])
+    assert (args.seeds, args.size, args.windows) == ("0", "small", 12)
