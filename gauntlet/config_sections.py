@@ -197,6 +197,13 @@ class RatingConfig(_Section):
     """Performance noise of one match."""
     tau: float = Field(0.1, ge=0)
     """Uncertainty added before each match, so ratings keep moving."""
+    anchor: float = Field(0.0, ge=0, le=1)
+    """Ours (paper 0: off): a virtual player joins every match with the gradient score `anchor` x
+    the median of the window's scored peers', and the final score uses each peer's ordinal minus
+    the anchor's. The paper's ordinal is relative to the prior (mu - 3 sigma starts at 0), so
+    among peers doing equal work about half sit below 0 and are paid nothing; against the anchor,
+    a peer is paid while it beats a fraction of the typical peer, and an update that helps less
+    than that (or harms) still ranks below it (ratings.anchored_match)."""
 
 
 class PenaltyConfig(_Section):

@@ -25,6 +25,7 @@ exactly what it did without them. What fired is kept per peer in `PeerRecord.rul
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 
@@ -79,6 +80,16 @@ class ValidatorState:
     """(first window it applies to, uids) pairs, oldest first."""
     sync_ema: str = ""
     """The 2026 sync rule's EMA of the validator's parameter changes, as JSON ("" when unused)."""
+    anchor: tuple[float, float] | None = None
+    """(mu, sigma) of the anchor player (rating.anchor, ours); None until it first plays."""
+
+    def anchor_ordinal(self, cfg: RatingConfig) -> float:
+        """What the final score subtracts from each peer's ordinal: the anchor's ordinal with the
+        anchor on (its prior's, 0 by default, before it first plays), 0 with it off (the paper)."""
+        if cfg.anchor <= 0:
+            return 0.0
+        mu, sigma = self.anchor or (cfg.mu, cfg.sigma)
+        return mu - 3.0 * sigma
 
     def peer(self, uid: int, cfg: RatingConfig) -> PeerState:
         return self.peers.get(uid) or PeerState.new(uid, cfg)
@@ -166,6 +177,32 @@ def play_match(peers: Mapping[int, PeerState], scores: Mapping[int, float], cfg:
     return {u: replace(peers[u], mu=team[0].mu, sigma=team[0].sigma) for u, team in zip(uids, rated)}
 
 
+def anchored_match(peers: Mapping[int, PeerState], scores: Mapping[int, float], evaluated: Mapping[int, float],
+                   anchor: tuple[float, float] | None, cfg: RatingConfig) -> tuple[dict[int, PeerState], tuple[float, float] | None]:
+    """`play_match` with the anchor player (rating.anchor > 0, ours); returns the rated peers and
+    the anchor's (mu, sigma) after the match.
+
+    The anchor's score is `cfg.anchor` x the median gradient score of the window's evaluated
+    peers (`evaluated`; a missing file's place in the match under the 2026 rules does not move
+    it). It plays only when the peers would have a match anyway (two or more), so a window with
+    one scored peer leaves every rating, the anchor's included, as it was. It starts from the
+    prior (mu, sigma) and is rated like a peer, so it drifts down while the peers beat it: the
+    final score's offset (`ValidatorState.anchor_ordinal`) is where a peer that helps `anchor`
+    x as much as the typical one would stand.
+    """
+    if cfg.anchor <= 0 or len(scores) < 2 or not evaluated:
+        return play_match(peers, scores, cfg), anchor
+    median = statistics.median(evaluated.values())
+    mu, sigma = anchor or (cfg.mu, cfg.sigma)
+    model = rating_model(cfg)
+    uids = sorted(scores)
+    teams = [[model.rating(mu=peers[u].mu, sigma=peers[u].sigma, name=str(u))] for u in uids]
+    teams.append([model.rating(mu=mu, sigma=sigma, name="anchor")])
+    rated = model.rate(teams, scores=[*(scores[u] for u in uids), cfg.anchor * median])
+    out = {u: replace(peers[u], mu=team[0].mu, sigma=team[0].sigma) for u, team in zip(uids, rated)}
+    return out, (rated[-1][0].mu, rated[-1][0].sigma)
+
+
 def update_moving_average(B: float, b: int, ema: float = 0.95) -> float:
     """B <- ema * B + (1 - ema) * b; b = 0 (the sequential own-data test undecided) decays B toward 0."""
     if b not in (-1, 0, 1):
@@ -239,11 +276,12 @@ def smoothed_score(before: float, now: float, ema: float) -> float:
     return now if ema == 0 else ema * before + (1 - ema) * now
 
 
-def _window_score(peer: PeerState, window: int, cfg: GauntletConfig, fired: list[str]) -> float:
+def _window_score(peer: PeerState, window: int, cfg: GauntletConfig, fired: list[str], offset: float = 0.0) -> float:
+    """`window_score` of the peer's ordinal less `offset` (the anchor's ordinal; 0 without it)."""
     bma, why = rules.floored_average(peer.moving_average, window, cfg.chain.start_window, cfg.rules)
     if why:
         fired.append(why)
-    return window_score(peer.ordinal, bma, peer.sync_score, cfg.weights.own_data)
+    return window_score(peer.ordinal - offset, bma, peer.sync_score, cfg.weights.own_data)
 
 
 def _files_before_match(peers: dict[int, PeerState], outcome: WindowOutcome, state: ValidatorState,
@@ -330,10 +368,12 @@ def advance(state: ValidatorState, outcome: WindowOutcome, cfg: GauntletConfig) 
         peers[uid] = replace(peers[uid], sync_score=sync)
     match = {u: s.gradient_score for u, s in outcome.scores.items()}
     cuts = _files_before_match(peers, outcome, state, match, fired, cfg)
-    matched = play_match(peers, match, cfg.rating)
+    evaluated = {u: s.gradient_score for u, s in outcome.scores.items()}
+    matched, anchor = anchored_match(peers, match, evaluated, state.anchor, cfg.rating)
+    offset = replace(state, anchor=anchor).anchor_ordinal(cfg.rating)
     now: dict[int, float] = {}
     for uid, rated in matched.items():
-        now[uid] = _window_score(rated, window, cfg, fired[uid])
+        now[uid] = _window_score(rated, window, cfg, fired[uid], offset)
         peers[uid] = replace(rated, final_score=smoothed_score(rated.final_score, now[uid], cfg.weights.score_ema))
     notes: dict[int, list[str]] = {}
     for uid in sorted(peers):
@@ -351,7 +391,7 @@ def advance(state: ValidatorState, outcome: WindowOutcome, cfg: GauntletConfig) 
         records.append(PeerRecord(peer, before[uid], uid in matched, tuple(notes[uid]), tuple(fired[uid]),
                                   now.get(uid)))
         next_peers[uid] = peer
-    return replace(state, last_window=window, peers=next_peers), records
+    return replace(state, last_window=window, peers=next_peers, anchor=anchor), records
 
 
 def is_banned(peer: PeerState | None, window: int) -> bool:

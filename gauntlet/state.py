@@ -9,6 +9,7 @@ other source is a join: a validator that started from another validator's publis
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict
 from pathlib import Path
 
@@ -27,8 +28,9 @@ def restore_state(store: AuditStore, before_window: int | None = None) -> Valida
     peers = {int(r["uid"]): PeerState.from_row(r) for r in ratings.iter_rows(named=True)}
     row = store.read("windows", window_id=last).row(0, named=True)
     schedule = tuple((int(e), tuple(int(u) for u in uids)) for e, uids in json.loads(row["gather_schedule_json"]))
+    anchor = (row["anchor_mu"], row["anchor_sigma"]) if row.get("anchor_mu") is not None else None
     return ValidatorState(last_window=last, peers=peers, gather_schedule=schedule,
-                          sync_ema=row.get("sync_ema_json") or "")
+                          sync_ema=row.get("sync_ema_json") or "", anchor=anchor)
 
 
 def restore(cfg: GauntletConfig, window: int) -> ValidatorState:
@@ -51,7 +53,8 @@ def peer_row(peer: PeerState) -> dict:
 def state_snapshot(state: ValidatorState) -> dict:
     """The state as JSON: what a validator publishes for others to join from."""
     return {"last_window": state.last_window, "peers": [peer_row(p) for _, p in sorted(state.peers.items())],
-            "gather_schedule": [[e, list(u)] for e, u in state.gather_schedule], "sync_ema": state.sync_ema}
+            "gather_schedule": [[e, list(u)] for e, u in state.gather_schedule], "sync_ema": state.sync_ema,
+            "anchor": list(state.anchor) if state.anchor else None}
 
 
 def state_from_snapshot(data: dict) -> ValidatorState:
@@ -60,8 +63,14 @@ def state_from_snapshot(data: dict) -> ValidatorState:
         peers = {int(r["uid"]): PeerState.from_row(r) for r in data["peers"]}
         schedule = tuple((int(e), tuple(int(u) for u in uids)) for e, uids in data["gather_schedule"])
         last = data["last_window"]
+        anchor = data.get("anchor")
+        if anchor is not None:
+            mu, sigma = (float(v) for v in anchor)
+            if not (math.isfinite(mu) and math.isfinite(sigma) and sigma > 0):
+                raise ValueError(f"anchor must be a finite mu and a positive sigma, got {anchor!r}")
+            anchor = (mu, sigma)
         return ValidatorState(last_window=None if last is None else int(last), peers=peers,
-                              gather_schedule=schedule, sync_ema=str(data.get("sync_ema", "")))
+                              gather_schedule=schedule, sync_ema=str(data.get("sync_ema", "")), anchor=anchor)
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"not a validator state snapshot: {exc!r}") from exc
 

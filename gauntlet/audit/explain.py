@@ -75,7 +75,8 @@ def explain(root: Path | str, uid: int, window: int, history: int = 5) -> str:
     lines += _verdicts(rows["verdicts"])
     copied = any(v["reason"] == Reason.COPIED for v in rows["verdicts"])
     lines += _scores(rows["scores"], cfg, copied)
-    lines += _rating(rows["ratings"], window, cfg.get("weights", {}))
+    anchor = win["anchor_mu"] - 3 * win["anchor_sigma"] if win.get("anchor_mu") is not None else None
+    lines += _rating(rows["ratings"], window, cfg.get("weights", {}), anchor, cfg.get("rating", {}).get("anchor"))
     lines += _weight(rows["weights"], float(weights["weight"].sum()), cfg)
     lines += _history(store, uid, window, history)
     return "\n".join(lines) + "\n"
@@ -191,9 +192,11 @@ def _overlap(row: Row, uq: Row, copied: bool) -> list[str]:
     return [f"  largest top-k overlap {overlap:.2f}{with_} ({note})"]
 
 
-def _score_formula(weights: Row) -> str:
-    """How F was computed for a peer in the match, under the window's weights.own_data and score_ema."""
-    now = "ordinal x sync while B > 0, else 0" if weights.get("own_data") == "gate" else "ordinal x max(0, B) x sync"
+def _score_formula(weights: Row, anchored: bool = False) -> str:
+    """How F was computed for a peer in the match, under the window's weights.own_data and score_ema
+    (and, `anchored`, rating.anchor: the ordinal less the anchor's, A)."""
+    ordinal = "(ordinal - A)" if anchored else "ordinal"
+    now = f"{ordinal} x sync while B > 0, else 0" if weights.get("own_data") == "gate" else f"{ordinal} x max(0, B) x sync"
     ema = float(weights.get("score_ema") or 0.0)
     if ema == 0:
         return f"F = {now} for peers in the match; penalties multiply it"
@@ -201,7 +204,8 @@ def _score_formula(weights: Row) -> str:
             "penalties multiply it")
 
 
-def _rating(rows: list[Row], window: int, weights: Row | None = None) -> list[str]:
+def _rating(rows: list[Row], window: int, weights: Row | None = None, anchor: float | None = None,
+            fraction: float | None = None) -> list[str]:
     out = ["", "Rating"]
     if not rows:
         return out + ["  no rating row (the peer was not known to the validator's state)"]
@@ -216,8 +220,11 @@ def _rating(rows: list[Row], window: int, weights: Row | None = None) -> list[st
     out.append(f"  penalties: {_penalties(r)}")
     if r.get("rules_fired"):
         out.append("  2026 rules: " + "; ".join(r["rules_fired"]))
+    if anchor is not None:
+        out.append(f"  anchor ordinal A = {anchor:.3f} (rating.anchor: a player scoring {_num(fraction, 'g')} x the "
+                   f"window's median s_k; this peer's ordinal - A = {r['ordinal'] - anchor:.3f})")
     out.append(f"  final score F {_num(r['final_score_before'], '.4f')} -> {r['final_score']:.4f} "
-               f"({_score_formula(weights or {})})")
+               f"({_score_formula(weights or {}, anchor is not None)})")
     if r["banned_until"] is not None and r["banned_until"] > window:
         out.append(f"  barred until window {r['banned_until']}")
     if r["inactive_windows"]:

@@ -51,6 +51,11 @@ _SPECS: dict[str, list[Column]] = {
          "peers whose data raised an unexpected error in the validator (verdict internal_error; see window/guard.py)"),
         ("sync_ema_json", pa.string(), True,
          "the 2026 sync rule's EMA of each probed parameter's change after the step (JSON); null when off"),
+        ("anchor_mu", pa.float64(), True,
+         "the anchor player's mu after the window's match (rating.anchor, ours); null when off or before it first played"),
+        ("anchor_sigma", pa.float64(), True,
+         "the anchor player's sigma after the window's match; the final score uses each peer's ordinal minus "
+         "the anchor's (anchor_mu - 3 anchor_sigma)"),
     ],
     "submissions": [
         WINDOW_ID,

@@ -124,6 +124,8 @@ def window_row(cfg: GauntletConfig, result: WindowResult, timings: Mapping[str, 
         "lr": plan.lr, "timings_json": json.dumps(dict(timings)), "created_at": datetime.now(UTC),
         "internal_errors": sum(v.reason is Reason.INTERNAL_ERROR for v in result.rated.verdicts.values()),
         "sync_ema_json": stepped.sync_ema or None,
+        "anchor_mu": state.anchor[0] if state.anchor else None,
+        "anchor_sigma": state.anchor[1] if state.anchor else None,
     }
 
 

@@ -47,6 +47,7 @@ PAPER = {
     ("rating", "sigma"): 25.0 / 3.0,
     ("rating", "beta"): 7.0,
     ("rating", "tau"): 0.1,
+    ("rating", "anchor"): 0.0,
     ("penalty", "missing"): 0.75,
     ("penalty", "desynced"): 0.75,
     ("penalty", "reset_after"): 25,
@@ -68,7 +69,7 @@ PAPER = {
 }
 OURS = {("scoring", "policy"): "all", ("scoring", "seed_source"): "chain",
         ("scoring", "shared_random_batches"): True, ("uniqueness", "own_test"): "sequential",
-        ("weights", "power"): 1.0, ("weights", "score_ema"): 0.5}
+        ("weights", "power"): 1.0, ("weights", "score_ema"): 0.5, ("rating", "anchor"): 0.6}
 
 
 @pytest.mark.parametrize(("key", "value"), PAPER.items(), ids=[".".join(k) for k in PAPER])

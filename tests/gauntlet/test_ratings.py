@@ -180,3 +180,50 @@ def test_gather_schedule_takes_effect_later():
     assert schedule_gather(state, 11, (3,), CFG.chain, cfg) is state  # not a refresh window
     later = schedule_gather(state, 15, (3,), CFG.chain, cfg)
     assert later.gather_for(18) == (1, 2) and later.gather_for(19) == (3,)
+
+
+ANCHORED = load_config(preset="paper", overrides={"rating": {"anchor": 0.6}})
+
+
+def _equal_work(cfg, windows: int = 12, extra: dict[int, float] | None = None):
+    """Seven peers doing equal work (scores within 10% of 1e-3, each peer's data a little harder
+    or easier than the next, as real pages are; every own-data test +1) and `extra` peers scoring
+    a fixed fraction of it; the state after `windows` windows."""
+    import random
+    rng, state = random.Random(5), ValidatorState()
+    for w in range(windows):
+        scores = {u: PeerScore(1e-3 * (1 + 0.03 * (u - 4)) * rng.uniform(0.95, 1.05), 2e-3, +1) for u in range(1, 8)}
+        scores |= {u: PeerScore(1e-3 * f, 1e-3, +1) for u, f in (extra or {}).items()}
+        outcome = WindowOutcome(w, {u: Verdict.accept(u) for u in scores}, scores, {u: 1.0 for u in scores})
+        state, _ = advance(state, outcome, cfg)
+    return state
+
+
+def test_without_the_anchor_equal_work_is_paid_to_about_half():
+    state = _equal_work(CFG)
+    assert state.anchor is None and state.anchor_ordinal(CFG.rating) == 0.0  # off: the paper's F
+    unpaid = [u for u in range(1, 8) if state.peers[u].final_score <= 0]
+    assert 2 <= len(unpaid) <= 5  # the ordinal is relative: chance decides who is above the prior
+
+
+def test_the_anchor_pays_every_equal_worker_and_ranks_a_weak_update_below_it():
+    state = _equal_work(ANCHORED, extra={8: 0.3, 9: -1.0})
+    offset = state.anchor_ordinal(ANCHORED.rating)
+    assert state.anchor is not None and offset < 0  # beaten by most peers, it drifted down
+    for uid in range(1, 8):
+        peer = state.peers[uid]
+        assert peer.final_score == pytest.approx((peer.ordinal - offset) * peer.moving_average)
+        assert peer.final_score > 0
+    assert state.peers[8].final_score <= 0 and state.peers[9].final_score <= 0  # 0.3x and harm: below
+
+
+def test_the_anchor_plays_only_where_a_match_is_played_and_never_moves_the_paper():
+    one = {1: PeerScore(2e-3, 3e-3, +1)}
+    state, _ = advance(ValidatorState(), WindowOutcome(0, {1: Verdict.accept(1)}, one, {1: 1.0}), ANCHORED)
+    assert state.anchor is None and state.peers[1].mu == ANCHORED.rating.mu  # no match, no anchor
+    assert state.anchor_ordinal(ANCHORED.rating) == pytest.approx(0.0, abs=1e-12)  # the prior's ordinal
+    two = one | {2: PeerScore(3e-3, 4e-3, +1)}
+    state, _ = advance(state, WindowOutcome(1, {u: Verdict.accept(u) for u in two}, two, {1: 1.0, 2: 1.0}), ANCHORED)
+    assert state.anchor is not None and state.anchor[0] < ANCHORED.rating.mu  # 0.6 x median 2.5e-3: last
+    paper = _equal_work(CFG, windows=3)
+    assert paper == _equal_work(load_config(preset="paper", overrides={"rating": {"anchor": 0.0}}), windows=3)

@@ -111,6 +111,6 @@ def synthetic_window(window: int, *, lr: float = 4e-4) -> dict[str, list[dict[st
                 "gather_schedule_json": json.dumps([[window, [HONEST, HONEST_2]]]),
                 "plan_json": json.dumps({"window": window}), "lr": lr,
                 "timings_json": json.dumps({"fetch": 0.5, "score": 2.0}), "created_at": datetime.now(UTC), "internal_errors": 0,
-                "sync_ema_json": None}]
+                "sync_ema_json": None, "anchor_mu": None, "anchor_sigma": None}]
     return {"windows": windows, "submissions": submissions, "verdicts": verdicts, "scores": scores,
             "ratings": ratings, "weights": weights}

@@ -176,3 +176,17 @@ def test_the_final_score_formula_is_the_windows_own(tmp_path: Path, overrides: l
     tables["windows"][0]["config_json"] = with_overrides(load_config(preset="paper"), overrides).to_json()
     AuditStore(tmp_path).write_window(0, tables)
     assert said in _section(explain(tmp_path, HONEST, 0), "Rating")
+
+
+def test_an_anchored_window_shows_the_anchor_and_the_score_against_it(tmp_path: Path) -> None:
+    tables = synthetic_window(0)
+    cfg = with_overrides(GauntletConfig(), ["rating.anchor=0.6"])
+    tables["windows"][0].update(config_json=cfg.to_json(), anchor_mu=20.0, anchor_sigma=7.0)
+    AuditStore(tmp_path).write_window(0, tables)
+    text = explain(tmp_path, HONEST, 0)
+    ordinal = next(r["ordinal"] for r in tables["ratings"] if r["uid"] == HONEST)
+    assert "anchor ordinal A = -1.000 (rating.anchor: a player scoring 0.6 x the window's median s_k" in text
+    assert f"this peer's ordinal - A = {ordinal + 1:.3f}" in text and "F = (ordinal - A) x max(0, B) x sync" in text
+    plain = tmp_path / "plain"
+    AuditStore(plain).write_window(0, synthetic_window(0))
+    assert "anchor" not in explain(plain, HONEST, 0)
