@@ -106,6 +106,7 @@ def run_one(attack: str, init_seed: int, windows: int, data_dir: str, start_wind
         return {"attack": attack, "init_seed": init_seed, "start_window": start_window, "windows": windows,
                 "attackers": [p.uid for p in net.peers if p.behaviour == attack], "aggregated": aggregated,
                 "honest": [p.uid for p in net.peers if p.behaviour == "honest"], "weights": weights,
+                "anchor": net.config.rating.anchor, "merge": net.config.aggregation.merge,
                 "scores": [{"window": int(r["window_id"]), "uid": int(r["uid"]), "s": r["gradient_score"],
                             "r_own": r["own_improvement"], "b": r["indicator"]} for r in scores],
                 "loss": shadows.losses(), "seconds": round(time.perf_counter() - start, 1)}

@@ -92,6 +92,7 @@ def run_one(preset: str, seed: int, windows: int, data_dir: str, partial: str | 
                             "r_own": r["own_improvement"], "b": r["indicator"]} for r in scores.to_dicts()],
                 "loss": dict(loss), "own_margin": cfg.uniqueness.own_margin, "power": cfg.weights.power,
                 "own_data": cfg.weights.own_data, "score_ema": cfg.weights.score_ema,
+                "anchor": cfg.rating.anchor, "merge": cfg.aggregation.merge,
                 "seconds_validate": seconds, "seconds_miners": miner_seconds}
 
         def validate(window: int) -> None:

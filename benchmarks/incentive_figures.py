@@ -189,6 +189,7 @@ def rerated(run: dict, overrides: list[str]) -> dict:
     from gauntlet.weights import compute_weights
 
     ran = [f"weights.{k}={run[k]}" for k in ("power", "own_data", "score_ema") if run.get(k) is not None]
+    ran += [f"rating.anchor={run['anchor']}"] if run.get("anchor") is not None else []
     cfg = with_overrides(load_config(preset=run["preset"]), [*ran, *overrides])  # the run's own settings first
     by_window: dict[int, dict[int, PeerScore]] = defaultdict(dict)
     for r in run["scores"]:
@@ -224,7 +225,8 @@ def figures(runs: list[dict], warmup: int) -> dict:
             for alpha in (0.5, 0.8):
                 out.update(whatif_figures(group, warmup, f"ema{alpha}", lambda r, a=alpha: smoothed(r, a)))
             # The same scores under the alternatives of weights.own_data and score_ema (exact for pay).
-            for tag, change in (("noema", ["weights.score_ema=0"]), ("gate", ["weights.own_data=gate"])):
+            for tag, change in (("noema", ["weights.score_ema=0"]), ("gate", ["weights.own_data=gate"]),
+                                ("noanchor", ["rating.anchor=0"])):
                 out.update(whatif_figures(group, warmup, tag, lambda r, c=change: rerated(r, c)))
             for q in (1.0, 0.5):
                 out.update(whatif_figures(group, warmup, f"power{q}", lambda r, q=q: repowered(r, q, p)))

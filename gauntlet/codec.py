@@ -172,7 +172,7 @@ class Codec(Protocol):
 
     def decode_batch(self, idx: Tensor, vals: Tensor, shape: Sequence[int]) -> Tensor: ...
 
-    def decode_mean(self, idx: Tensor, vals: Tensor, shape: Sequence[int]) -> Tensor: ...
+    def decode_mean(self, idx: Tensor, vals: Tensor, shape: Sequence[int], over: int | None = None) -> Tensor: ...
 
     def encode_all(self, tensors: Mapping[str, Tensor]) -> Compressed: ...
 
@@ -252,15 +252,16 @@ class DCTCodec:
             dense.mul_(scale.view(-1, *[1] * len(lay.shape)))
         return dense
 
-    def decode_mean(self, idx: Tensor, vals: Tensor, shape: Sequence[int]) -> Tensor:
+    def decode_mean(self, idx: Tensor, vals: Tensor, shape: Sequence[int], over: int | None = None) -> Tensor:
         """idx, vals (P, C, k) -> (*shape): IDCT of the per-index mean over the peers that chose it.
 
         An index no peer chose stays zero (it is not averaged with zeros), which is the
-        reference's scatter-mean. A peer listing an index twice counts twice; stage 1 is where
-        such files are refused.
+        reference's scatter-mean. With `over` (the number of peers, aggregation.merge = "all") the
+        per-index sums are divided by it instead: the mean of the peers' decoded updates. A peer
+        listing an index twice counts twice; stage 1 is where such files are refused.
         """
         lay = self.layout(shape)
-        sums, scale = scatter_mean(idx, vals, lay)  # (*shape): the per-index mean, zero where none chose
+        sums, scale = scatter_mean(idx, vals, lay, over)  # (*shape): the per-index mean, zero where none chose
         out = _transform(sums.unsqueeze(0), lay, inverse=True, scratch=True)[0]
         return out if scale is None else out.mul_(scale)
 
@@ -274,14 +275,19 @@ class DCTCodec:
         return {name: self.decode(idx, vals, shapes[name]) for name, (idx, vals) in c.items()}
 
 
-def scatter_mean(idx: Tensor, vals: Tensor, lay: Layout) -> tuple[Tensor, Tensor | None]:
+def scatter_mean(idx: Tensor, vals: Tensor, lay: Layout, over: int | None = None) -> tuple[Tensor, Tensor | None]:
     """idx, vals (P, C, k) -> (the per-position mean over the peers that chose it, in the layout's
     chunked shape; the common scale to multiply it by, or None). One scatter for all peers; a
-    position nobody chose stays zero. Shared by every codec's `decode_mean`."""
+    position nobody chose stays zero. With `over`, the sums are divided by it (every peer)
+    instead of by the peers that chose the position. Shared by every codec's `decode_mean`."""
     idx, vals, scale = _check_sparse(idx, vals, lay, per_peer=False)
     flat = _positions(idx, lay, per_peer=False).flatten()  # (P*C*k,)
     sums = torch.zeros(lay.shape, dtype=torch.float32, device=idx.device)
     sums.view(-1).index_add_(0, flat, vals.flatten())
+    if over is not None:
+        if over < 1:
+            raise ValueError(f"over must be at least 1 peer, got {over}")
+        return sums.div_(over), scale
     counts = torch.zeros(lay.shape, dtype=torch.float32, device=idx.device)
     counts.view(-1).index_add_(0, flat, torch.ones_like(flat, dtype=torch.float32))
     return sums.div_(counts.clamp_min_(1.0)), scale

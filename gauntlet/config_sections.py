@@ -241,6 +241,11 @@ class AggregationConfig(_Section):
     """A list chosen after validating W is used from window W + validator_offset + effective_after."""
     min_peers: int = Field(5, ge=1)
     """A shorter list is topped up with the best-rated peers whose file passed stage 1."""
+    merge: Literal["choosers", "all"] = "choosers"
+    """How the gathered updates are merged at each index (a consensus value: miners must use the
+    same): `choosers` (paper, reference) the mean over the peers that chose the index; `all`
+    (ours) the sum over them divided by the number of peers, the mean of their decoded updates
+    (gauntlet.aggregation.aggregate)."""
 
 
 class ScheduleConfig(_Section):

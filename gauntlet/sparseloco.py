@@ -228,9 +228,10 @@ class SparseLoCoCodec:
         dense.view(-1).index_add_(0, _positions(idx, lay, per_peer=True).flatten(), vals.flatten())
         return dense if scale is None else dense.mul_(scale.view(-1, *[1] * len(lay.shape)))
 
-    def decode_mean(self, idx: Tensor, vals: Tensor, shape: Sequence[int]) -> Tensor:
-        """idx, vals (P, C, k) -> (*shape): per position, the mean over the peers that chose it."""
-        sums, scale = scatter_mean(idx, vals, self.layout(shape))
+    def decode_mean(self, idx: Tensor, vals: Tensor, shape: Sequence[int], over: int | None = None) -> Tensor:
+        """idx, vals (P, C, k) -> (*shape): per position, the mean over the peers that chose it
+        (with `over`: the sum over them divided by `over`, the mean of all peers' updates)."""
+        sums, scale = scatter_mean(idx, vals, self.layout(shape), over)
         return sums if scale is None else sums.mul_(scale)
 
     def encode_all(self, tensors: Mapping[str, Tensor]) -> dict[str, tuple[Tensor, Tensor]]:

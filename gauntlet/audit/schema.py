@@ -122,7 +122,7 @@ _SPECS: dict[str, list[Column]] = {
         ("ordinal", pa.float64(), False, "mu - 3 sigma after this window"),
         ("moving_average", pa.float64(), False, "B, the uniqueness moving average, after penalties"),
         ("sync_score", pa.float64(), True, "the sync score used in F: the last measured, 1.0 until the first probe"),
-        ("final_score", pa.float64(), False, "F, after penalties: ordinal * max(0, B) * sync (paper); weights.own_data and score_ema change it (ours)"),
+        ("final_score", pa.float64(), False, "F, after penalties: ordinal * max(0, B) * sync (paper); rating.anchor (ordinal less the anchor's), weights.own_data and score_ema change it (ours)"),
         ("penalties", pa.list_(pa.string()), False,
          "penalties applied this window, e.g. [\"missing x0.75\"]; empty if none"),
         ("inactive_windows", pa.int64(), False,

@@ -204,7 +204,8 @@ class Miners:
         gather = read_gather(self.network, window)
         accepted = sorted(u for u, v in checked.verdicts.items() if v.ok)
         uids = aggregation_set(accepted, gather)
-        stepped = apply_aggregate(theta, checked.submissions, uids, self.codec, self.spec.shapes, plan.lr)
+        stepped = apply_aggregate(theta, checked.submissions, uids, self.codec, self.spec.shapes, plan.lr,
+                                  self.cfg.aggregation.merge)
         self.sync_ema = advance_ema(self.sync_ema, theta, self.cfg)
         self.next_window = window + 1
         return {u: str(v.reason) for u, v in checked.verdicts.items()}, gather, uids, stepped

@@ -62,11 +62,12 @@ def aggregation_set(accepted: Sequence[int], gather: Sequence[int] | None) -> li
 
 
 def apply_aggregate(theta: Mapping[str, Tensor], subs: Mapping[int, Submission], uids: Sequence[int],
-                    codec: DCTCodec, shapes: Mapping[str, tuple[int, ...]], lr: float) -> bool:
-    """Step theta in place with the peers' merged update; False (no step) when nobody qualifies."""
+                    codec: DCTCodec, shapes: Mapping[str, tuple[int, ...]], lr: float, merge: str = "choosers") -> bool:
+    """Step theta in place with the peers' merged update (aggregation.merge); False (no step) when
+    nobody qualifies."""
     if not uids:
         return False
-    delta = aggregate(codec, [subs[u].grads for u in uids], shapes)
+    delta = aggregate(codec, [subs[u].grads for u in uids], shapes, merge)
     sign_step(theta, delta, lr)
     return True
 
@@ -81,7 +82,7 @@ def run(cfg: GauntletConfig, plan: WindowPlan, fetched: Fetched, filtered: Filte
         subs = {u: load_submission(cfg, ctx, plan, records[u]) for u in gather}
         before = state_hash(checkpoint_path(cfg.validator.workdir, plan.window))
         ctx.holds = None  # stepped in place below: no longer theta_W until saved as W + 1
-        stepped = apply_aggregate(theta, subs, gather, ctx.codec, ctx.spec.shapes, plan.lr)
+        stepped = apply_aggregate(theta, subs, gather, ctx.codec, ctx.spec.shapes, plan.lr, cfg.aggregation.merge)
         after = ctx.save_theta(cfg.validator.workdir, plan.window + 1)
         sync_ema = advance_ema(state.sync_ema, theta, cfg)
     return Stepped(tuple(gather), stepped, before, after, sync_ema)

@@ -61,6 +61,24 @@ def test_aggregate_matches_a_naive_loop() -> None:
         torch.testing.assert_close(got[name], want[name], rtol=0, atol=1e-6)
 
 
+def test_merging_over_all_peers_is_the_mean_of_their_decoded_updates() -> None:
+    """merge = "all" (ours): the naive loop's sums over every peer, and the mean of each peer's
+    own unit-normed decode (the dense mean the robust-rule benchmark steps with)."""
+    codec = DCTCodec(64, 8)
+    peers = _peers(codec, 5)
+    got = aggregate(codec, peers, SHAPES, merge="all")
+    chosen = aggregate(codec, peers, SHAPES)
+    for name, shape in SHAPES.items():
+        unit = [codec.decode(*p[name], shape) / torch.linalg.vector_norm(p[name][1]) for p in peers]
+        torch.testing.assert_close(got[name], torch.stack(unit).mean(0), rtol=0, atol=1e-6)
+        assert not torch.allclose(got[name], chosen[name])  # coinciding indices: the two merges differ
+    alone = aggregate(codec, peers[:1], SHAPES, merge="all")  # one peer: the same either way
+    for name, value in aggregate(codec, peers[:1], SHAPES).items():
+        torch.testing.assert_close(alone[name], value, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="merge must be one of"):
+        aggregate(codec, peers, SHAPES, merge="median")
+
+
 def test_scaling_a_peer_changes_nothing() -> None:
     codec = DCTCodec(64, 8)
     peers = _peers(codec, 4)

@@ -170,6 +170,12 @@ def test_decode_mean_equals_a_naive_loop(shape: tuple[int, ...]) -> None:
         expected[pos] = total / counts[pos]
     idx, vals = torch.stack([i for i, _ in pairs]), torch.stack([v for _, v in pairs])
     torch.testing.assert_close(codec.decode_mean(idx, vals, shape), expected, rtol=0, atol=1e-6)
+    over_all = torch.zeros(shape)  # aggregation.merge = "all": the sums over every peer / 4
+    for pos, total in sums.items():
+        over_all[pos] = total / len(pairs)
+    torch.testing.assert_close(codec.decode_mean(idx, vals, shape, over=len(pairs)), over_all, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="at least 1 peer"):
+        codec.decode_mean(idx, vals, shape, over=0)
     batch = codec.decode_batch(idx, vals, shape)
     for p, (pi, pv) in enumerate(pairs):
         assert torch.equal(batch[p], codec.decode(pi, pv, shape))
