@@ -1,5 +1,9 @@
 """Ratings and final scores: one OpenSkill Plackett-Luce match per window, then penalties.
 
+With `rating.anchor` (ours) a virtual anchor player joins the match at a fraction of the window's
+median gradient score, and the final score uses each peer's ordinal less the anchor's
+(`anchored_match`); its (mu, sigma) is part of the state (`ValidatorState.anchor`).
+
 The validator's running state is a plain value (``ValidatorState``) advanced by a pure function
 (``advance``) from one window's outcome. Nothing lives on a long-lived object, so a replay or a
 restart rebuilds the same state from the audit tables (``PeerState.from_row``).
