@@ -261,7 +261,7 @@ class DCTCodec:
         listing an index twice counts twice; stage 1 is where such files are refused.
         """
         lay = self.layout(shape)
-        sums, scale = scatter_mean(idx, vals, lay, over)  # (*shape): the per-index mean, zero where none chose
+        sums, scale = scatter_mean(idx, vals, lay, over)  # the per-index mean (or sum / over), zero where none chose
         out = _transform(sums.unsqueeze(0), lay, inverse=True, scratch=True)[0]
         return out if scale is None else out.mul_(scale)
 
