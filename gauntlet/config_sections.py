@@ -203,7 +203,7 @@ class RatingConfig(_Section):
     the anchor's. The paper's ordinal is relative to the prior (mu - 3 sigma starts at 0), so
     among peers doing equal work about half sit below 0 and are paid nothing; against the anchor,
     a peer is paid while it beats a fraction of the typical peer, and an update that helps less
-    than that (or harms) still ranks below it (ratings.anchored_match)."""
+    than that (or harms) still ranks below it (match.anchored_match)."""
 
 
 class PenaltyConfig(_Section):

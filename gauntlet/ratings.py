@@ -1,8 +1,8 @@
 """Ratings and final scores: one OpenSkill Plackett-Luce match per window, then penalties.
 
-With `rating.anchor` (ours) a virtual anchor player joins the match at a fraction of the window's
-median gradient score, and the final score uses each peer's ordinal less the anchor's
-(`anchored_match`); its (mu, sigma) is part of the state (`ValidatorState.anchor`).
+The match itself, with the anchor player of `rating.anchor` (ours), is `gauntlet.match`: the final
+score then uses each peer's ordinal less the anchor's, whose (mu, sigma) is part of the state
+(`ValidatorState.anchor`).
 
 The validator's running state is a plain value (``ValidatorState``) advanced by a pure function
 (``advance``) from one window's outcome. Nothing lives on a long-lived object, so a replay or a
@@ -29,13 +29,11 @@ exactly what it did without them. What fired is kept per peer in `PeerRecord.rul
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 
-from openskill.models import PlackettLuce
-
 from gauntlet.config import GauntletConfig, RatingConfig
+from gauntlet.match import Anchor, anchor_ordinal, anchored_match
 from gauntlet.rules import penalties as rules
 from gauntlet.rules.tracker import RuleTracker, record_evaluation, record_file
 from gauntlet.verdicts import INVALID_FILE, Reason, Verdict
@@ -84,16 +82,12 @@ class ValidatorState:
     """(first window it applies to, uids) pairs, oldest first."""
     sync_ema: str = ""
     """The 2026 sync rule's EMA of the validator's parameter changes, as JSON ("" when unused)."""
-    anchor: tuple[float, float] | None = None
+    anchor: Anchor | None = None
     """(mu, sigma) of the anchor player (rating.anchor, ours); None until it first plays."""
 
     def anchor_ordinal(self, cfg: RatingConfig) -> float:
-        """What the final score subtracts from each peer's ordinal: the anchor's ordinal with the
-        anchor on (its prior's, 0 by default, before it first plays), 0 with it off (the paper)."""
-        if cfg.anchor <= 0:
-            return 0.0
-        mu, sigma = self.anchor or (cfg.mu, cfg.sigma)
-        return mu - 3.0 * sigma
+        """What the final score subtracts from each peer's ordinal (`match.anchor_ordinal`)."""
+        return anchor_ordinal(self.anchor, cfg)
 
     def peer(self, uid: int, cfg: RatingConfig) -> PeerState:
         return self.peers.get(uid) or PeerState.new(uid, cfg)
@@ -161,50 +155,6 @@ class PeerRecord:
             final_score_before=self.before.final_score,
         )
         return out
-
-
-def rating_model(cfg: RatingConfig) -> PlackettLuce:
-    return PlackettLuce(mu=cfg.mu, sigma=cfg.sigma, beta=cfg.beta, tau=cfg.tau)
-
-
-def play_match(peers: Mapping[int, PeerState], scores: Mapping[int, float], cfg: RatingConfig) -> dict[int, PeerState]:
-    """One Plackett-Luce match among the scored peers, ranked by gradient score (higher wins).
-
-    Fewer than two players: no match (openskill refuses one team), ratings unchanged.
-    """
-    uids = sorted(scores)
-    if len(uids) < 2:
-        return {}
-    model = rating_model(cfg)
-    teams = [[model.rating(mu=peers[u].mu, sigma=peers[u].sigma, name=str(u))] for u in uids]
-    rated = model.rate(teams, scores=[scores[u] for u in uids])
-    return {u: replace(peers[u], mu=team[0].mu, sigma=team[0].sigma) for u, team in zip(uids, rated)}
-
-
-def anchored_match(peers: Mapping[int, PeerState], scores: Mapping[int, float], evaluated: Mapping[int, float],
-                   anchor: tuple[float, float] | None, cfg: RatingConfig) -> tuple[dict[int, PeerState], tuple[float, float] | None]:
-    """`play_match` with the anchor player (rating.anchor > 0, ours); returns the rated peers and
-    the anchor's (mu, sigma) after the match.
-
-    The anchor's score is `cfg.anchor` x the median gradient score of the window's evaluated
-    peers (`evaluated`; a missing file's place in the match under the 2026 rules does not move
-    it). It plays only when the peers would have a match anyway (two or more), so a window with
-    one scored peer leaves every rating, the anchor's included, as it was. It starts from the
-    prior (mu, sigma) and is rated like a peer, so it drifts down while the peers beat it: the
-    final score's offset (`ValidatorState.anchor_ordinal`) is where a peer that helps `anchor`
-    x as much as the typical one would stand.
-    """
-    if cfg.anchor <= 0 or len(scores) < 2 or not evaluated:
-        return play_match(peers, scores, cfg), anchor
-    median = statistics.median(evaluated.values())
-    mu, sigma = anchor or (cfg.mu, cfg.sigma)
-    model = rating_model(cfg)
-    uids = sorted(scores)
-    teams = [[model.rating(mu=peers[u].mu, sigma=peers[u].sigma, name=str(u))] for u in uids]
-    teams.append([model.rating(mu=mu, sigma=sigma, name="anchor")])
-    rated = model.rate(teams, scores=[*(scores[u] for u in uids), cfg.anchor * median])
-    out = {u: replace(peers[u], mu=team[0].mu, sigma=team[0].sigma) for u, team in zip(uids, rated)}
-    return out, (rated[-1][0].mu, rated[-1][0].sigma)
 
 
 def update_moving_average(B: float, b: int, ema: float = 0.95) -> float:
@@ -370,11 +320,11 @@ def advance(state: ValidatorState, outcome: WindowOutcome, cfg: GauntletConfig) 
         peers[uid] = replace(peers[uid], moving_average=b, last_evaluated_window=window)
     for uid, sync in outcome.sync_scores.items():
         peers[uid] = replace(peers[uid], sync_score=sync)
-    match = {u: s.gradient_score for u, s in outcome.scores.items()}
-    cuts = _files_before_match(peers, outcome, state, match, fired, cfg)
     evaluated = {u: s.gradient_score for u, s in outcome.scores.items()}
+    match = dict(evaluated)  # the 2026 rules may add missing files to the match, never to `evaluated`
+    cuts = _files_before_match(peers, outcome, state, match, fired, cfg)
     matched, anchor = anchored_match(peers, match, evaluated, state.anchor, cfg.rating)
-    offset = replace(state, anchor=anchor).anchor_ordinal(cfg.rating)
+    offset = anchor_ordinal(anchor, cfg.rating)
     now: dict[int, float] = {}
     for uid, rated in matched.items():
         now[uid] = _window_score(rated, window, cfg, fired[uid], offset)

@@ -2,42 +2,16 @@
 
 from __future__ import annotations
 
-import math
 
 import pytest
 
 from gauntlet.config import load_config
-from gauntlet.ratings import (PeerScore, PeerState, ValidatorState, WindowOutcome, advance, play_match,
-                              smoothed_score, window_score)
+from gauntlet.ratings import PeerScore, PeerState, ValidatorState, WindowOutcome, advance, smoothed_score, window_score
 from gauntlet.verdicts import Reason, Verdict
 from gauntlet.weights import choose_gather, power_normalise, schedule_gather
+from tests.gauntlet.test_match import _plackett_luce_by_hand
 
 CFG = load_config(preset="paper")
-
-
-def _plackett_luce_by_hand(mus, sigmas, beta, tau, kappa=1e-4):
-    """Weng & Lin's Plackett-Luce update for one-player teams with distinct ranks (index = rank)."""
-    sigmas = [math.sqrt(s * s + tau * tau) for s in sigmas]  # additive dynamics factor first
-    c = math.sqrt(sum(s * s + beta * beta for s in sigmas))
-    e = [math.exp(m / c) for m in mus]
-    C = [sum(e[s] for s in range(q, len(mus))) for q in range(len(mus))]  # players ranked >= q
-    out = []
-    for i, (mu, sigma) in enumerate(zip(mus, sigmas)):
-        omega = sum((1.0 if q == i else 0.0) - e[i] / C[q] for q in range(i + 1)) * sigma**2 / c
-        gamma = sigma / c
-        delta = sum(gamma * e[i] / C[q] * (1 - e[i] / C[q]) for q in range(i + 1)) * sigma**2 / c**2
-        out.append((mu + omega, sigma * math.sqrt(max(1 - delta, kappa))))
-    return out
-
-
-def test_match_matches_hand_computed_plackett_luce():
-    peers = {u: PeerState.new(u, CFG.rating) for u in (1, 2, 3)}
-    scores = {1: 0.03, 2: 0.01, 3: 0.02}  # ranks: 1 first, 3 second, 2 last
-    rated = play_match(peers, scores, CFG.rating)
-    by_hand = _plackett_luce_by_hand([25.0] * 3, [25 / 3] * 3, beta=7.0, tau=0.1)
-    for uid, rank in ((1, 0), (3, 1), (2, 2)):
-        assert rated[uid].mu == pytest.approx(by_hand[rank][0], rel=1e-12)
-        assert rated[uid].sigma == pytest.approx(by_hand[rank][1], rel=1e-12)
 
 
 def test_hand_computed_window():
