@@ -73,9 +73,8 @@ def run_one(attack: str, init_seed: int, windows: int, data_dir: str, start_wind
     import torch
 
     torch.set_num_threads(1)
-    from benchmarks.bench_incentive import OVERRIDES
+    from benchmarks.bench_incentive import OVERRIDES, score_records
     from benchmarks.shadow import Shadows
-    from gauntlet.audit.store import AuditStore
     from gauntlet.localnet.network import init_network
     from gauntlet.localnet.simulate import open_miners, run_network
     from gauntlet.ratings import ValidatorState
@@ -102,13 +101,11 @@ def run_one(attack: str, init_seed: int, windows: int, data_dir: str, start_wind
             shadows.step(report)
 
         run_network(net, windows, validate, miners=miners, on_report=on_report)
-        scores = AuditStore(net.config.audit.root).read("scores").to_dicts()
         return {"attack": attack, "init_seed": init_seed, "start_window": start_window, "windows": windows,
                 "attackers": [p.uid for p in net.peers if p.behaviour == attack], "aggregated": aggregated,
                 "honest": [p.uid for p in net.peers if p.behaviour == "honest"], "weights": weights,
                 "anchor": net.config.rating.anchor, "merge": net.config.aggregation.merge,
-                "scores": [{"window": int(r["window_id"]), "uid": int(r["uid"]), "s": r["gradient_score"],
-                            "r_own": r["own_improvement"], "b": r["indicator"]} for r in scores],
+                "scores": score_records(net.config.audit.root),
                 "loss": shadows.losses(), "seconds": round(time.perf_counter() - start, 1)}
 
 

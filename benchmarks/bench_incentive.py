@@ -61,7 +61,6 @@ def run_one(preset: str, seed: int, windows: int, data_dir: str, partial: str | 
 
     torch.set_num_threads(1)
     from benchmarks.shadow import Shadows
-    from gauntlet.audit.store import AuditStore
     from gauntlet.localnet.network import init_network
     from gauntlet.localnet.simulate import open_miners, run_network
     from gauntlet.ratings import ValidatorState
@@ -85,11 +84,8 @@ def run_one(preset: str, seed: int, windows: int, data_dir: str, partial: str | 
         def record(with_loss: bool = True) -> dict:
             if with_loss:  # held-out loss of 10 models: every LOSS_EVERY windows in the partial file
                 loss.update(shadows.losses(), windows=len(weights))
-            scores = AuditStore(cfg.audit.root).read("scores")
             return {"preset": preset, "seed": seed, "size": size, "behaviour": {p.uid: p.behaviour for p in net.peers},
-                "honest_work": net.honest_work, "weights": weights,
-                "scores": [{"window": int(r["window_id"]), "uid": int(r["uid"]), "s": r["gradient_score"],
-                            "r_own": r["own_improvement"], "b": r["indicator"]} for r in scores.to_dicts()],
+                "honest_work": net.honest_work, "weights": weights, "scores": score_records(cfg.audit.root),
                 "loss": dict(loss), "own_margin": cfg.uniqueness.own_margin, "power": cfg.weights.power,
                 "own_data": cfg.weights.own_data, "score_ema": cfg.weights.score_ema,
                 "anchor": cfg.rating.anchor, "merge": cfg.aggregation.merge,
@@ -110,6 +106,15 @@ def run_one(preset: str, seed: int, windows: int, data_dir: str, partial: str | 
 
         run_network(net, windows, validate, miners=miners, on_report=on_report)
         return record()
+
+
+def score_records(audit_root: str | Path) -> list[dict]:
+    """Every evaluated peer's (window, uid, s, r_own, b) from a network's audit `scores` table: what
+    the figures and the re-rating what-ifs (`incentive_figures.rerated`) read."""
+    from gauntlet.audit.store import AuditStore
+
+    return [{"window": int(r["window_id"]), "uid": int(r["uid"]), "s": r["gradient_score"],
+             "r_own": r["own_improvement"], "b": r["indicator"]} for r in AuditStore(audit_root).read("scores").to_dicts()]
 
 
 def _prepare_data(root: Path) -> str:
