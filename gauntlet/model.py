@@ -17,7 +17,7 @@ import hashlib
 import json
 import math
 import platform
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
@@ -193,36 +193,20 @@ def autocast(device: str | torch.device) -> AbstractContextManager:
     return nullcontext()
 
 
-def token_loss_sum(model_or_callable: Callable[[Tensor], object], batch: Tensor) -> tuple[Tensor, int]:
-    """Summed next-token cross-entropy over a batch and the number of predicted tokens.
+def causal_lm_loss_sum(model: LlamaForCausalLM, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
+                       batch: Tensor, chunk: int | None = None) -> tuple[Tensor, int]:
+    """Summed next-token cross-entropy over a batch and the number of predicted tokens, for a HF
+    causal LM run functionally at `params` (and `buffers`).
 
     Batches are packed sequences with no padding, so every position but the first of each row
     is a target and the count is B * (T - 1). The sum stays a device tensor (no host sync):
     callers add sums and counts over batches and divide once, which gives the token-weighted
-    mean the scores are defined with. `model_or_callable(batch)` may return logits or an object
-    with `.logits` (a HF model, or a `torch.func.functional_call` wrapper).
-    """
-    if batch.dim() != 2 or batch.shape[1] < 2:
-        raise ValueError(f"batch must be (B, T) with T >= 2, got shape {tuple(batch.shape)}")
-    out = model_or_callable(batch)
-    logits = out if isinstance(out, Tensor) else out.logits  # (B, T, V)
-    # Shift the labels, not the logits: slicing logits[:, :-1] would copy (B, T-1, V) floats.
-    labels = F.pad(batch[:, 1:], (0, 1), value=-100)  # (B, T); the last position predicts nothing
-    loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum")
-    return loss, batch.shape[0] * (batch.shape[1] - 1)
-
-
-def causal_lm_loss_sum(model: LlamaForCausalLM, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
-                       batch: Tensor, chunk: int | None = None) -> tuple[Tensor, int]:
-    """`token_loss_sum` of a HF causal LM run functionally at `params` (and `buffers`), its
-    logits made `chunk` positions at a time (`LOSS_CHUNK` by device); the chunks' float32 sums are
-    added in float64, in position order.
-
-    The body (`model.model`) runs once on the whole batch; its last hidden states, less each
-    row's last position (which predicts nothing), go through the LM head and the cross-entropy
-    in chunks, so the full (B, T, vocab) logits never exist. Differentiable (screening's
-    gradient goes through it). Same value as `token_loss_sum(model, batch)` up to float32
-    rounding (the tests bound it).
+    mean the scores are defined with. The body (`model.model`) runs once on the whole batch; its
+    last hidden states, less each row's last position, go through the LM head and the
+    cross-entropy `chunk` positions at a time (`LOSS_CHUNK` by device), so the full (B, T, vocab)
+    logits never exist; the chunks' float32 sums are added in float64, in position order.
+    Differentiable (screening's gradient goes through it). The tests bound it against the loss
+    of the whole logits and against HF's own mean loss.
     """
     if batch.dim() != 2 or batch.shape[1] < 2:
         raise ValueError(f"batch must be (B, T) with T >= 2, got shape {tuple(batch.shape)}")

@@ -6,6 +6,7 @@ import resource
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import LlamaForCausalLM
 
 from gauntlet.model import (
@@ -19,7 +20,6 @@ from gauntlet.model import (
     model_fingerprint,
     param_shapes,
     resolve_device,
-    token_loss_sum,
 )
 
 # sha256 over (name, bytes) of the tiny model's state_dict, vocab 256, seed 0. A change here means
@@ -123,6 +123,18 @@ def test_fingerprint_is_stable_and_sensitive():
     assert fp not in others and len(others) == 5
 
 
+def token_loss_sum(model_or_callable, batch: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """The reference for `causal_lm_loss_sum`: summed next-token cross-entropy over the whole
+    (B, T, V) logits of `model_or_callable(batch)` (logits, or an object with `.logits`)."""
+    if batch.dim() != 2 or batch.shape[1] < 2:
+        raise ValueError(f"batch must be (B, T) with T >= 2, got shape {tuple(batch.shape)}")
+    out = model_or_callable(batch)
+    logits = out if isinstance(out, torch.Tensor) else out.logits  # (B, T, V)
+    labels = F.pad(batch[:, 1:], (0, 1), value=-100)  # (B, T); the last position predicts nothing
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum")
+    return loss, batch.shape[0] * (batch.shape[1] - 1)
+
+
 def test_loss_sum_matches_hf_mean_loss_times_tokens():
     model = build_model("tiny", 256, seed=0)
     batch = torch.randint(0, 256, (3, 17), generator=torch.Generator().manual_seed(0))
@@ -182,6 +194,11 @@ def test_forward_under_autocast_on_cuda():
     assert loss_sum.device.type == "cuda" and loss_sum.dtype == torch.float32
     ref_sum, _ = token_loss_sum(cpu_model, batch)
     torch.testing.assert_close(loss_sum.cpu() / count, ref_sum / count, rtol=0.02, atol=0.02)
+    with autocast(device):  # what scoring runs: the chunked head, float64 sums
+        chunked, n = causal_lm_loss_sum(model, dict(model.named_parameters()), dict(model.named_buffers()),
+                                        batch.to(device))
+    assert chunked.device.type == "cuda" and chunked.dtype == torch.float64 and n == count
+    torch.testing.assert_close(chunked.cpu().float() / n, ref_sum / count, rtol=0.02, atol=0.02)
 
 
 def test_buffers_equal_those_of_a_model_built_the_usual_way():
