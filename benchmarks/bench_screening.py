@@ -15,7 +15,7 @@ against exact scoring; peers scored exactly; and the evaluate stage's CPU second
 (`time.process_time`, one torch thread: the neighbours' load on a shared machine does not count)
 exact over screened.
 
-Writes the `screening_*` figures into benchmarks/results/scoring.json (with bench_scoring's).
+Writes the `screening_*` figures to benchmarks/results/screening.json (`benchmarks.run` names it so too).
 Run: `.venv/bin/python -m benchmarks.bench_screening` (about 6 CPU minutes; mining is most of the wall time).
 """
 
@@ -43,7 +43,7 @@ from gauntlet.window.pipeline import Direct, validate_window
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / ".work"
-RESULTS = HERE / "results" / "scoring.json"
+RESULTS = HERE / "results" / "screening.json"
 PEERS, MINED = 21, 6
 ACCEPT = 0.01
 """The issue's acceptance: weights within 1% of the total weight in every window."""
@@ -158,7 +158,7 @@ def _variant(validator: Validator, rows: list[dict], exact_s: list[float]) -> di
 
 
 def summary(network: Mapping) -> dict:
-    """The top-level figures of scoring.json: the config's screening settings, and the lean variant."""
+    """The top-level figures of screening.json: the config's screening settings, and the lean variant."""
     d, lean = network["default"], network.get("lean")
     out = {"screening_weight_moved_max": d["weight_moved_max"], "screening_within_1pct": d["within_acceptance"],
            "screening_network_speedup": d["speedup"], "screening_network_spearman_min": d["spearman_estimate_min"],
