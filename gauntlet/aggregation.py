@@ -6,6 +6,10 @@ coefficient (the reference's scatter-mean, `aggregation.merge = "choosers"`) or 
 gathered peers (`"all"`, ours: the mean of their decoded updates), then the codec's decode (an
 IDCT, or a plain scatter for SparseLoCo) per tensor. The step uses only the sign of the
 merged delta (plain SGD on sign, no momentum, no weight decay), as in GAUNTLET.md.
+
+Before a network's first gather list is in force there are no ratings to choose by, and
+`aggregation.startup = "multi_krum"` (ours) merges only the files that Multi-Krum keeps
+(`multi_krum`, on the same unit-norm updates): every node computes it from the same files alike.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from gauntlet.codec import Codec, Compressed
+from gauntlet.codec import Codec, Compressed, coefficient_gram
 
 
 def _stack_peers(peers: Sequence[Compressed], name: str) -> tuple[Tensor, Tensor]:
@@ -89,3 +93,50 @@ def sign_step(params: Mapping[str, Tensor], delta: Mapping[str, Tensor], lr: flo
     with torch.no_grad():
         for name, p in params.items():
             p.sub_(torch.sign(delta[name]).to(device=p.device, dtype=p.dtype), alpha=lr)
+
+
+DISTANCE_DECIMALS = 9
+"""Squared distances are rounded to this many decimals before Multi-Krum ranks them (they are
+O(1): each tensor of each peer has unit norm), so a difference in the last bits of a float64 sum
+between two machines cannot change which files a miner and the validator aggregate."""
+
+
+def peer_distances(codec: Codec, peers: Sequence[Compressed], shapes: Mapping[str, tuple[int, ...]]) -> Tensor:
+    """(P, P) float64 squared L2 distances between the peers' updates as `aggregate` merges them
+    (decoded, each tensor scaled to unit norm), summed over the tensors of `shapes`; computed on
+    the coefficients (`codec.coefficient_gram`), rounded to `DISTANCE_DECIMALS`."""
+    if not peers:
+        raise ValueError("peer_distances needs at least one peer")
+    gram = torch.zeros(len(peers), len(peers), dtype=torch.float64)
+    for name, shape in shapes.items():
+        idx, vals = _stack_peers(peers, name)
+        gram += coefficient_gram(idx, _unit_norm(vals), codec.layout(shape)).cpu()
+    sq = gram.diagonal()
+    return (sq[:, None] + sq[None, :] - 2 * gram).clamp_min_(0).round_(decimals=DISTANCE_DECIMALS)
+
+
+def tolerated(peers: int, hostile_share: float) -> int:
+    """Multi-Krum's f for `peers` files: floor(hostile_share x peers), at most (peers - 3) // 2
+    (Krum's guarantee needs n >= 2f + 3), and 0 below three files."""
+    return max(0, min(int(hostile_share * peers), (peers - 3) // 2))
+
+
+def multi_krum(distances: Tensor, f: int) -> list[int]:
+    """The positions of the n - f peers Multi-Krum keeps (Blanchard et al. 2017; byzfl's form):
+    each peer's score is its mean squared distance to its n - f - 1 nearest others, the n - f
+    lowest scores are kept; ties go to the lower position. Returned in ascending order.
+
+    With f tolerated hostile peers among n >= 2f + 3, a hostile peer's n - f - 1 nearest include
+    at least n - 2f - 1 >= 2 honest ones, so a group of hostile files cannot vouch for itself.
+    """
+    n = distances.shape[0]
+    if distances.shape != (n, n):
+        raise ValueError(f"distances must be a square matrix, got shape {tuple(distances.shape)}")
+    if f < 0 or (f > 0 and n < 2 * f + 3):
+        raise ValueError(f"{n} peers cannot tolerate f={f} (Multi-Krum needs n >= 2f + 3)")
+    if f == 0:
+        return list(range(n))
+    nearest = distances.sort(dim=1).values[:, 1: n - f]  # column 0 is the peer itself (distance 0)
+    scores = nearest.mean(dim=1)
+    order = sorted(range(n), key=lambda i: (float(scores[i]), i))
+    return sorted(order[: n - f])

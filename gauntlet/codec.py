@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -291,6 +292,28 @@ def scatter_mean(idx: Tensor, vals: Tensor, lay: Layout, over: int | None = None
     counts = torch.zeros(lay.shape, dtype=torch.float32, device=idx.device)
     counts.view(-1).index_add_(0, flat, torch.ones_like(flat, dtype=torch.float32))
     return sums.div_(counts.clamp_min_(1.0)), scale
+
+
+def coefficient_gram(idx: Tensor, vals: Tensor, lay: Layout) -> Tensor:
+    """idx, vals (P, C, k) -> (P, P) float64: the inner products of the peers' decoded tensors.
+
+    Both codecs decode by an orthonormal transform of the scattered coefficients (the DCT-II per
+    chunk, or none for SparseLoCo), which preserves inner products, so they are taken on the
+    coefficients themselves: one sparse (P, numel) x (numel, P) product over P*C*k entries,
+    never P dense tensors. An index one peer lists twice is summed, as decoding does.
+    """
+    idx, vals, scale = _check_sparse(idx, vals, lay, per_peer=True)
+    peers = idx.shape[0]
+    wide = vals.to(torch.float64)
+    if scale is not None:
+        wide = wide * scale.to(torch.float64).view(-1, 1, 1)
+    pos = _positions(idx, lay, per_peer=False).reshape(peers, -1)
+    rows = torch.arange(peers, device=idx.device).repeat_interleave(pos.shape[1])
+    with warnings.catch_warnings():  # torch's notes that its sparse kernels are beta, on every call
+        warnings.simplefilter("ignore", UserWarning)
+        sparse = torch.sparse_coo_tensor(torch.stack([rows, pos.reshape(-1)]), wide.reshape(-1),
+                                         (peers, math.prod(lay.shape)), check_invariants=True).coalesce()
+        return torch.sparse.mm(sparse, sparse.t()).to_dense()
 
 
 def _check_sparse(idx: Tensor, vals: Tensor, lay: Layout, per_peer: bool) -> tuple[Tensor, Tensor, Tensor | None]:

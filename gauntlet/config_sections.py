@@ -246,6 +246,14 @@ class AggregationConfig(_Section):
     same): `choosers` (paper, reference) the mean over the peers that chose the index; `all`
     (ours) the sum over them divided by the number of peers, the mean of their decoded updates
     (gauntlet.aggregation.aggregate)."""
+    startup: Literal["all", "multi_krum"] = "all"
+    """Before the first gather list is in force (a new network's first windows, when no ratings
+    exist yet): aggregate every file stage 1 accepted (`all`, paper and reference) or only the
+    files Multi-Krum keeps (`multi_krum`, ours; gauntlet.aggregation.multi_krum on the unit-norm
+    updates). A consensus value, like `merge`: miners must use the same."""
+    startup_hostile: float = Field(0.4, ge=0, lt=0.5)
+    """`startup = multi_krum`: the share of the accepted files assumed hostile; Multi-Krum
+    tolerates f = floor(share x n) of n (at most (n - 3) // 2) and keeps n - f."""
 
 
 class ScheduleConfig(_Section):

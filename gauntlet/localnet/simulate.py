@@ -51,7 +51,7 @@ from gauntlet.window.publish import GATHER_KEY
 from gauntlet.window.context import model_spec, save_checkpoint
 from gauntlet.window.fetch import fetch_window
 from gauntlet.window.plan import plan_window
-from gauntlet.window.step import advance_ema, aggregation_set, apply_aggregate
+from gauntlet.window.step import advance_ema, apply_aggregate, choose_aggregated
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,8 @@ class Miners:
             checked, _ = check_window(plan, records, self.spec, theta, self.cfg, self.sync_ema)
         gather = read_gather(self.network, window)
         accepted = sorted(u for u, v in checked.verdicts.items() if v.ok)
-        uids = aggregation_set(accepted, gather)
+        uids = choose_aggregated(accepted, gather, checked.submissions, self.codec, self.spec.shapes,
+                                 self.cfg.aggregation)
         stepped = apply_aggregate(theta, checked.submissions, uids, self.codec, self.spec.shapes, plan.lr,
                                   self.cfg.aggregation.merge)
         self.sync_ema = advance_ema(self.sync_ema, theta, self.cfg)

@@ -2,8 +2,9 @@
 
 The aggregation set is the gather list in force for W (chosen by the validator from earlier
 weights and published) intersected with the peers whose files passed the public checks of
-stage 1. Before any gather list exists (a new network) every accepted peer is used. An honest
-peer in sync computes the same set and the same step (the local network does exactly this).
+stage 1. Before any gather list exists (a new network) every accepted peer is used, or with
+`aggregation.startup = multi_krum` (ours) the ones Multi-Krum keeps. An honest peer in sync
+computes the same set and the same step (the local network does exactly this).
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from gauntlet.aggregation import aggregate, sign_step
+from gauntlet.aggregation import aggregate, multi_krum, peer_distances, sign_step, tolerated
 from gauntlet.codec import DCTCodec
-from gauntlet.config import GauntletConfig
+from gauntlet.config import AggregationConfig, GauntletConfig
 from gauntlet.filter import probe_values
 from gauntlet.ratings import ValidatorState
 from gauntlet.rules.sync import MIN_TRACKED_ELEMENTS, ema_of, update_sync_ema
@@ -56,9 +57,23 @@ def advance_ema(ema_json: str, theta: Mapping[str, Tensor], cfg: GauntletConfig)
 
 
 def aggregation_set(accepted: Sequence[int], gather: Sequence[int] | None) -> list[int]:
+    """The candidates: the accepted peers of the gather list in force, or every accepted peer."""
     if gather is None:
         return sorted(accepted)
     return sorted(set(accepted) & set(gather))
+
+
+def choose_aggregated(accepted: Sequence[int], gather: Sequence[int] | None, subs: Mapping[int, Submission],
+                      codec: DCTCodec, shapes: Mapping[str, tuple[int, ...]], cfg: AggregationConfig) -> list[int]:
+    """The peers whose updates are merged: `aggregation_set`, and before the first gather list
+    (`gather` None) under `startup = multi_krum` the Multi-Krum subset of it. `subs` must hold
+    every candidate's submission."""
+    uids = aggregation_set(accepted, gather)
+    if gather is not None or cfg.startup == "all" or len(uids) < 3:
+        return uids
+    f = tolerated(len(uids), cfg.startup_hostile)
+    keep = multi_krum(peer_distances(codec, [subs[u].grads for u in uids], shapes), f)
+    return [uids[i] for i in keep]
 
 
 def apply_aggregate(theta: Mapping[str, Tensor], subs: Mapping[int, Submission], uids: Sequence[int],
@@ -74,12 +89,13 @@ def apply_aggregate(theta: Mapping[str, Tensor], subs: Mapping[int, Submission],
 
 def run(cfg: GauntletConfig, plan: WindowPlan, fetched: Fetched, filtered: Filtered, state: ValidatorState) -> Stepped:
     """theta_W -> theta_{W+1}, saved as the checkpoint of W + 1."""
-    gather = aggregation_set(filtered.accepted, state.gather_for(plan.window))
+    listed = state.gather_for(plan.window)
     ctx = context_for(cfg)
     records = fetched.by_uid()
     with ctx.lock:
         theta = ctx.load_theta(cfg.validator.workdir, plan.window)
-        subs = {u: load_submission(cfg, ctx, plan, records[u]) for u in gather}
+        subs = {u: load_submission(cfg, ctx, plan, records[u]) for u in aggregation_set(filtered.accepted, listed)}
+        gather = choose_aggregated(filtered.accepted, listed, subs, ctx.codec, ctx.spec.shapes, cfg.aggregation)
         before = state_hash(checkpoint_path(cfg.validator.workdir, plan.window))
         ctx.holds = None  # stepped in place below: no longer theta_W until saved as W + 1
         stepped = apply_aggregate(theta, subs, gather, ctx.codec, ctx.spec.shapes, plan.lr, cfg.aggregation.merge)

@@ -151,3 +151,76 @@ def test_sign_step_rejects_mismatched_deltas() -> None:
     with pytest.raises(ValueError, match="has shape"):
         sign_step(params, {"w": torch.ones(16), "b": torch.ones(4)}, 0.1)
     assert not params["w"].any()  # nothing moved on a refused step
+
+
+# --- Multi-Krum before the first gather list (aggregation.startup, ours) ---------------------------
+
+def _dense_unit(codec, peer: Compressed) -> torch.Tensor:
+    """The peer's update as `aggregate` merges it: decoded, each tensor at unit norm, flattened."""
+    dense = codec.decode_all(peer, SHAPES)
+    return torch.cat([(t / t.norm() if t.norm() > 0 else t).flatten().double() for t in dense.values()])
+
+
+@pytest.mark.parametrize("kind", ["dct", "sparseloco"])
+def test_peer_distances_on_coefficients_equal_the_decoded_updates(kind):
+    from gauntlet.aggregation import peer_distances
+    from gauntlet.sparseloco import SparseLoCoCodec
+    codec = DCTCodec(chunk=16, topk=8) if kind == "dct" else SparseLoCoCodec(chunk=16, topk=8)
+    peers = _peers(codec, 6)
+    rows = [_dense_unit(codec, p) for p in peers]
+    want = torch.tensor([[float((a - b).pow(2).sum()) for b in rows] for a in rows], dtype=torch.float64)
+    got = peer_distances(codec, peers, SHAPES)
+    assert got.dtype == torch.float64 and torch.allclose(got, want, atol=1e-6)
+    assert torch.equal(got, got.T) and float(got.diagonal().abs().max()) == 0.0
+
+
+def _naive_multi_krum(d: list[list[float]], f: int) -> list[int]:
+    n = len(d)
+    score = [sum(sorted(d[i][j] for j in range(n) if j != i)[: n - f - 1]) / (n - f - 1) for i in range(n)]
+    return sorted(sorted(range(n), key=lambda i: (score[i], i))[: n - f])
+
+
+def test_multi_krum_against_a_naive_loop():
+    from gauntlet.aggregation import multi_krum
+    gen = torch.Generator().manual_seed(3)
+    for n, f in [(3, 0), (5, 1), (7, 2), (11, 4), (12, 3)]:
+        x = torch.randn(n, 9, generator=gen, dtype=torch.float64)
+        d = torch.cdist(x, x).pow(2).round(decimals=9)
+        assert multi_krum(d, f) == _naive_multi_krum(d.tolist(), f)
+
+
+def test_multi_krum_drops_a_group_of_attackers_and_copies_do_not_vouch_for_each_other():
+    """Five honest updates near a common direction, two identical sign-flipped ones (distance 0
+    between them): with f = 2 the attackers' three nearest include two honest files, far away."""
+    from gauntlet.aggregation import multi_krum, peer_distances, tolerated
+    codec = DCTCodec(chunk=16, topk=8)
+    gen = torch.Generator().manual_seed(11)
+    common = {n: torch.randn(s, generator=gen) for n, s in SHAPES.items()}
+    honest = [codec.encode_all({n: common[n] + 0.8 * torch.randn(s, generator=gen) for n, s in SHAPES.items()})
+              for _ in range(5)]
+    flipped = codec.encode_all({n: -common[n] for n in SHAPES})
+    peers = honest + [flipped, flipped]
+    assert tolerated(len(peers), 0.4) == 2
+    assert multi_krum(peer_distances(codec, peers, SHAPES), 2) == [0, 1, 2, 3, 4]
+
+
+def test_tolerated_and_multi_krum_refuse_what_krum_cannot_guarantee():
+    from gauntlet.aggregation import multi_krum, tolerated
+    assert [tolerated(n, 0.4) for n in (0, 1, 2, 3, 4, 5, 7, 10, 13, 100)] == [0, 0, 0, 0, 0, 1, 2, 3, 5, 40]
+    assert tolerated(9, 0.0) == 0 and tolerated(101, 0.49) == 49
+    assert multi_krum(torch.zeros(2, 2, dtype=torch.float64), 0) == [0, 1]  # f = 0: everyone
+    with pytest.raises(ValueError, match="needs n >= 2f \\+ 3"):
+        multi_krum(torch.zeros(6, 6, dtype=torch.float64), 2)
+    with pytest.raises(ValueError, match="square"):
+        multi_krum(torch.zeros(3, 4, dtype=torch.float64), 0)
+
+
+def test_peer_distances_of_hostile_values_stay_finite():
+    """A finite but extreme value (3e38) is normalised like any other: distances stay in [0, 4 x tensors]."""
+    from gauntlet.aggregation import peer_distances
+    codec = DCTCodec(chunk=16, topk=8)
+    peers = _peers(codec, 3)
+    idx, vals = peers[2]["layer.w"]
+    peers[2] = {**peers[2], "layer.w": (idx, torch.full_like(vals, 3e38))}
+    d = peer_distances(codec, peers, SHAPES)
+    assert torch.isfinite(d).all() and float(d.max()) <= 4 * len(SHAPES) + 1e-9

@@ -61,6 +61,7 @@ PAPER = {
     ("aggregation", "effective_after"): 2,
     ("aggregation", "min_peers"): 5,
     ("aggregation", "merge"): "choosers",
+    ("aggregation", "startup"): "all",
     ("schedule", "peak_lr"): 4e-4,
     ("schedule", "warmup_windows"): 250,
     ("schedule", "warmup_start_factor"): 0.1,
@@ -71,7 +72,7 @@ PAPER = {
 OURS = {("scoring", "policy"): "all", ("scoring", "seed_source"): "chain",
         ("scoring", "shared_random_batches"): True, ("uniqueness", "own_test"): "sequential",
         ("weights", "power"): 1.0, ("weights", "score_ema"): 0.5, ("rating", "anchor"): 0.6,
-        ("aggregation", "merge"): "all"}
+        ("aggregation", "merge"): "all", ("aggregation", "startup"): "multi_krum"}
 
 
 @pytest.mark.parametrize(("key", "value"), PAPER.items(), ids=[".".join(k) for k in PAPER])
