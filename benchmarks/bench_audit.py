@@ -124,7 +124,8 @@ def synthetic(window: int, rng: np.random.Generator, config_json: str) -> dict[s
         "checkpoint_before": f"{window:064x}", "checkpoint_after": f"{window + 1:064x}",
         "validator_version": "0.1.0", "validator_hotkey": "5Bench", "gather_uids": list(range(15)),
         "gather_schedule_json": "[]", "plan_json": "{}", "lr": 4e-4, "timings_json": "{}",
-        "created_at": datetime.now(UTC), "internal_errors": 0, "sync_ema_json": None}])
+        "created_at": datetime.now(UTC), "internal_errors": 0, "sync_ema_json": None,
+        "anchor_mu": 24.0, "anchor_sigma": 8.0}])
     return frames
 
 

@@ -126,8 +126,9 @@ def multi_krum(distances: Tensor, f: int) -> list[int]:
     each peer's score is its mean squared distance to its n - f - 1 nearest others, the n - f
     lowest scores are kept; ties go to the lower position. Returned in ascending order.
 
-    With f tolerated hostile peers among n >= 2f + 3, a hostile peer's n - f - 1 nearest include
-    at least n - 2f - 1 >= 2 honest ones, so a group of hostile files cannot vouch for itself.
+    With at most f hostile peers among n >= 2f + 3, a hostile peer's n - f - 1 nearest include at
+    most f - 1 other hostile ones and so at least n - 2f >= 3 honest ones: a group of hostile
+    files (identical copies included) cannot vouch for itself.
     """
     n = distances.shape[0]
     if distances.shape != (n, n):

@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from gauntlet.aggregation import tolerated
 from gauntlet.audit.store import AuditStore
 from gauntlet.clock import first_block, put_window
 from gauntlet.localnet.behaviours import Malformed
@@ -60,7 +61,11 @@ def test_one_window_with_every_behaviour(tmp_path: Path, prepared_data) -> None:
     expected[by_name["malformed"]] = MALFORMED_REASON[Malformed(by_name["malformed"], {}).kind(0)]
     assert report.verdicts == expected
     assert report.gather is None and report.stepped
-    assert report.aggregated == sorted(u for u, r in expected.items() if r == "ok")
+    ok = sorted(u for u, r in expected.items() if r == "ok")  # before any gather list: Multi-Krum of these
+    assert cfg.aggregation.startup == "multi_krum"
+    assert set(report.aggregated) <= set(ok)
+    assert len(report.aggregated) == len(ok) - tolerated(len(ok), cfg.aggregation.startup_hostile)
+    assert by_name["sign_flip"] not in report.aggregated and by_name["noise"] not in report.aggregated
     eps = torch.finfo(torch.float32).eps
     for name, p in miners.theta.items():  # a sign step: every element moved by lr (to float32 rounding) or not
         moved = (p - before[name]).abs()
