@@ -200,9 +200,11 @@ def main(argv: list[str] | None = None) -> dict:
         runs = [json.loads(p.read_text()) for p in sorted(PARTIAL.glob("*.json")) if p.stem.endswith("-quick") == quick]
     elif args.from_runs:  # the figures again (new figures code) from a finished run's records
         runs = json.loads((RESULTS.parent / f"{name}_runs.json").read_text())
-        previous = RESULTS.parent / f"{name}.json"  # the run's own duration, not this recomputation's
-        seconds = json.loads(previous.read_text()).get("seconds_total") if previous.is_file() else None
+        previous = RESULTS.parent / f"{name}.json"  # the run's own duration, size and length, not this one's
+        before = json.loads(previous.read_text()) if previous.is_file() else {}
+        seconds = before.get("seconds_total")
         mode = {**(QUICK if quick else FULL), "seeds": tuple(sorted({int(r["seed"]) for r in runs}))}
+        mode.update({k: before[k] for k in ("size", "windows") if before.get(k) is not None})
         return combine(runs, quick, seconds, mode=mode, name=name)
     else:
         runs = run_all(QUICK if quick else FULL)

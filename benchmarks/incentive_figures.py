@@ -82,10 +82,19 @@ def spearman(x: list[float], y: list[float]) -> float:
 
 
 def own_test(run: dict, margin: float | None = None) -> tuple[float | None, float | None]:
-    """(false negative: honest-work peers with b = -1, false positive: data cheats with b = +1)."""
+    """(false negative: honest-work peers with b = -1, false positive: data cheats with b = +1).
+
+    A replayer's first evaluation counts as neither (as in bench_own_test): that update is its
+    honest work on its own pages of that window, so +1 there is right."""
     honest = set(_uids(run, "honest", "lazy", "diligent", "scaled"))
     cheats = set(_uids(run, *DATA_CHEATS))
     rows = [r for r in run["scores"] if r["s"] is not None and r["r_own"] is not None]
+    first: dict[int, int] = {}
+    replayers = set(_uids(run, "replayer"))
+    for r in rows:
+        if r["uid"] in replayers:
+            first[r["uid"]] = min(first.get(r["uid"], r["window"]), r["window"])
+    rows = [r for r in rows if first.get(r["uid"]) != r["window"]]
 
     def b(r: dict) -> int:
         return int(r["b"]) if margin is None else (1 if r["r_own"] > r["s"] + margin * abs(r["s"]) else -1)
