@@ -86,6 +86,16 @@ def test_figures_of_a_known_run() -> None:
     assert spearman([0.5, 1.0, 2.0], [1.0, 2.0, 3.0]) == pytest.approx(1.0)
 
 
+def test_a_replayers_first_evaluation_is_its_honest_work_not_a_false_positive() -> None:
+    run = _run()
+    run["behaviour"] = {**run["behaviour"], 7: "replayer"}
+    run["scores"] = run["scores"] + [{"window": w, "uid": 7, "s": 1.0, "r_own": r, "b": 1 if r > 1.2 else -1}
+                                     for w, r in ((1, 2.0), (2, 1.3), (0, 0.5))]  # first evaluated: window 0
+    assert own_test(run)[1] == pytest.approx(3 / 5)  # its windows 1 and 2 count (both +1), window 0 does not
+    run["scores"] = [r for r in run["scores"] if not (r["uid"] == 7 and r["window"] == 0)]
+    assert own_test(run)[1] == pytest.approx(2 / 4)  # now window 1 is its first: only window 2 counts
+
+
 def test_smoothed_pay_what_if_keeps_weights_normalised_and_lags() -> None:
     from benchmarks.incentive_figures import normalise, smoothed
 
