@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from gauntlet.aggregation import gram_distances, krum_scores
+
 Rule = Callable[[Tensor, int], Tensor]
 
 
@@ -47,15 +49,12 @@ def trimmed_mean(x: Tensor, f: int) -> Tensor:
 
 def squared_distances(x: Tensor) -> Tensor:
     """(P, P) squared L2 distances from the Gram matrix (one P x D x P product, in float64)."""
-    g = (x @ x.T).double()
-    sq = g.diagonal()
-    return (sq[:, None] + sq[None, :] - 2 * g).clamp_min(0)
+    return gram_distances((x @ x.T).double())
 
 
 def _krum_scores(x: Tensor, f: int, d: Tensor | None = None) -> Tensor:
-    """byzfl's Krum score: mean squared distance to the n - f - 1 nearest other rows."""
-    d = squared_distances(x) if d is None else d
-    return d.sort(1).values[:, 1: d.shape[0] - f].mean(1)
+    """byzfl's Krum score (the validator's own, `gauntlet.aggregation.krum_scores`)."""
+    return krum_scores(squared_distances(x) if d is None else d, f)
 
 
 def krum(x: Tensor, f: int) -> Tensor:

@@ -111,8 +111,19 @@ def peer_distances(codec: Codec, peers: Sequence[Compressed], shapes: Mapping[st
     for name, shape in shapes.items():
         idx, vals = _stack_peers(peers, name)
         gram += coefficient_gram(idx, _unit_norm(vals), codec.layout(shape)).cpu()
+    return gram_distances(gram).round_(decimals=DISTANCE_DECIMALS)
+
+
+def gram_distances(gram: Tensor) -> Tensor:
+    """(P, P) inner products -> (P, P) squared L2 distances, |a|^2 + |b|^2 - 2<a, b>, at least 0."""
     sq = gram.diagonal()
-    return (sq[:, None] + sq[None, :] - 2 * gram).clamp_min_(0).round_(decimals=DISTANCE_DECIMALS)
+    return (sq[:, None] + sq[None, :] - 2 * gram).clamp_min(0)
+
+
+def krum_scores(distances: Tensor, f: int) -> Tensor:
+    """Each peer's Krum score (byzfl's form): its mean squared distance to its n - f - 1 nearest
+    others (column 0 of each sorted row is the peer itself, at distance 0)."""
+    return distances.sort(dim=1).values[:, 1: distances.shape[0] - f].mean(dim=1)
 
 
 def tolerated(peers: int, hostile_share: float) -> int:
@@ -137,7 +148,6 @@ def multi_krum(distances: Tensor, f: int) -> list[int]:
         raise ValueError(f"{n} peers cannot tolerate f={f} (Multi-Krum needs n >= 2f + 3)")
     if f == 0:
         return list(range(n))
-    nearest = distances.sort(dim=1).values[:, 1: n - f]  # column 0 is the peer itself (distance 0)
-    scores = nearest.mean(dim=1)
+    scores = krum_scores(distances, f)
     order = sorted(range(n), key=lambda i: (float(scores[i]), i))
     return sorted(order[: n - f])

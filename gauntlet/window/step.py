@@ -69,9 +69,11 @@ def choose_aggregated(accepted: Sequence[int], gather: Sequence[int] | None, sub
     (`gather` None) under `startup = multi_krum` the Multi-Krum subset of it. `subs` must hold
     every candidate's submission."""
     uids = aggregation_set(accepted, gather)
-    if gather is not None or cfg.startup == "all" or len(uids) < 3:
+    if gather is not None or cfg.startup == "all":
         return uids
     f = tolerated(len(uids), cfg.startup_hostile)
+    if f == 0:  # too few files (or none assumed hostile) for Multi-Krum to drop any
+        return uids
     keep = multi_krum(peer_distances(codec, [subs[u].grads for u in uids], shapes), f)
     return [uids[i] for i in keep]
 
