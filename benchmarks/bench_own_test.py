@@ -117,10 +117,9 @@ def sequential_b(row: dict, knobs: dict) -> tuple[int, int]:
 def _classes(rows: list[dict], behaviour: dict[int, str]) -> tuple[list[dict], list[dict]]:
     """(honest-work evaluations, data-cheat evaluations). A replayer's first evaluation is in
     neither: that update is its honest work on its own pages of that window."""
-    first: dict[int, int] = {}
-    for r in rows:
-        if behaviour[r["uid"]] == "replayer":
-            first[r["uid"]] = min(first.get(r["uid"], r["window"]), r["window"])
+    from benchmarks.incentive_figures import first_windows
+
+    first = first_windows(rows, {u for u, b in behaviour.items() if b == "replayer"})
     honest = [r for r in rows if behaviour[r["uid"]] in HONEST_WORK]
     cheats = [r for r in rows if behaviour[r["uid"]] in DATA_CHEATS and first.get(r["uid"]) != r["window"]]
     return honest, cheats

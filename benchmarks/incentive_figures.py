@@ -81,6 +81,16 @@ def spearman(x: list[float], y: list[float]) -> float:
     return cov / den if den > 0 else 0.0
 
 
+def first_windows(rows: list[dict], uids: set[int]) -> dict[int, int]:
+    """uid -> the first window an evaluation row of it has, for `uids` (a replayer's first upload
+    is its honest work: the own-data figures leave that evaluation out)."""
+    first: dict[int, int] = {}
+    for r in rows:
+        if r["uid"] in uids:
+            first[r["uid"]] = min(first.get(r["uid"], r["window"]), r["window"])
+    return first
+
+
 def own_test(run: dict, margin: float | None = None) -> tuple[float | None, float | None]:
     """(false negative: honest-work peers with b = -1, false positive: data cheats with b = +1).
 
@@ -89,11 +99,7 @@ def own_test(run: dict, margin: float | None = None) -> tuple[float | None, floa
     honest = set(_uids(run, "honest", "lazy", "diligent", "scaled"))
     cheats = set(_uids(run, *DATA_CHEATS))
     rows = [r for r in run["scores"] if r["s"] is not None and r["r_own"] is not None]
-    first: dict[int, int] = {}
-    replayers = set(_uids(run, "replayer"))
-    for r in rows:
-        if r["uid"] in replayers:
-            first[r["uid"]] = min(first.get(r["uid"], r["window"]), r["window"])
+    first = first_windows(rows, set(_uids(run, "replayer")))
     rows = [r for r in rows if first.get(r["uid"]) != r["window"]]
 
     def b(r: dict) -> int:
