@@ -109,12 +109,14 @@ def run_one(preset: str, seed: int, windows: int, data_dir: str, partial: str | 
 
 
 def score_records(audit_root: str | Path) -> list[dict]:
-    """Every evaluated peer's (window, uid, s, r_own, b) from a network's audit `scores` table: what
-    the figures and the re-rating what-ifs (`incentive_figures.rerated`) read."""
+    """Every evaluated peer's (window, uid, s, r_own, b) from a network's audit `scores` table, and
+    the sequential own-data test's difference `d` and standard error `se` (None under the margin
+    rule): what the figures and the re-rating what-ifs (`incentive_figures.rerated`) read."""
     from gauntlet.audit.store import AuditStore
 
     return [{"window": int(r["window_id"]), "uid": int(r["uid"]), "s": r["gradient_score"],
-             "r_own": r["own_improvement"], "b": r["indicator"]} for r in AuditStore(audit_root).read("scores").to_dicts()]
+             "r_own": r["own_improvement"], "b": r["indicator"], "d": r["own_difference"], "se": r["own_std_error"]}
+            for r in AuditStore(audit_root).read("scores").to_dicts()]
 
 
 def _prepare_data(root: Path) -> str:

@@ -19,12 +19,15 @@ over seeds). Keys without a suffix are the `default` preset; `*_paper` the paper
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks.bench_incentive import DATA_CHEATS, MARGINS, WORK
 from benchmarks.aggregators import RULES
+from gauntlet.config import load_config
 from gauntlet.screening import mean_ranks
 
 EXCLUDED = 0.01
@@ -193,12 +196,17 @@ def repowered(run: dict, power: float, recorded: float) -> dict:
     return {**run, "weights": weights}
 
 
-def rerated(run: dict, overrides: list[str]) -> dict:
+def rerated(run: dict, overrides: list[str], own: Callable[[int, int], float] | None = None) -> dict:
     """What-if: the weights the run's own recorded scores (s, r_own, b) earn under its preset with
     `overrides` (e.g. the paper's `weights.own_data=scale`). Exact for the rating path when every
     evaluated peer was in sync and accepted (this benchmark's honest-work peers are); the gather
-    list, and so the later scores, are not re-run."""
-    from gauntlet.config import load_config, with_overrides
+    list, and so the later scores, are not re-run. `own(uid, window)`, when given, replaces the
+    own-data factor of a window's score (B, or B > 0 under the gate) for a rule the validator has
+    no setting for (see `accumulated_evidence`)."""
+    from unittest import mock
+
+    from gauntlet import ratings
+    from gauntlet.config import with_overrides
     from gauntlet.ratings import PeerScore, ValidatorState, WindowOutcome, advance
     from gauntlet.verdicts import Verdict
     from gauntlet.weights import compute_weights
@@ -210,14 +218,53 @@ def rerated(run: dict, overrides: list[str]) -> dict:
     for r in run["scores"]:
         if r["s"] is not None:
             by_window[int(r["window"])][int(r["uid"])] = PeerScore(r["s"], r["r_own"], r["b"])
+    def own_factor(peer, window, cfg, fired, offset=0.0):  # ratings._window_score with `own` for B
+        return (peer.ordinal - offset) * own(peer.uid, window) * peer.sync_score
+
     state, weights = ValidatorState(), {}
-    for w in _windows(run):
-        scores = by_window.get(w, {})
-        outcome = WindowOutcome(w, {u: Verdict.accept(u) for u in scores}, scores, {u: 1.0 for u in scores})
-        state, records = advance(state, outcome, cfg)
-        paid = compute_weights({r.state.uid: r.state.final_score for r in records}, cfg)
-        weights[w] = {u: paid.get(u, 0.0) for u in (int(x) for x in run["behaviour"])}
+    with mock.patch.object(ratings, "_window_score", own_factor) if own else contextlib.nullcontext():
+        for w in _windows(run):
+            scores = by_window.get(w, {})
+            outcome = WindowOutcome(w, {u: Verdict.accept(u) for u in scores}, scores, {u: 1.0 for u in scores})
+            state, records = advance(state, outcome, cfg)
+            paid = compute_weights({r.state.uid: r.state.final_score for r in records}, cfg)
+            weights[w] = {u: paid.get(u, 0.0) for u in (int(x) for x in run["behaviour"])}
     return {**run, "weights": weights}
+
+
+EVIDENCE_CLIP = 3.0
+"""`accumulated_evidence`: one window's statistic counts at most this many standard errors."""
+
+
+def accumulated_evidence(run: dict, ema: float, z: float) -> Callable[[int, int], float] | None:
+    """What-if own-data factor: 1 while a peer's own-data evidence accumulated over windows is
+    above `z`, else 0 (None when the run has no sequential-test statistics).
+
+    Each evaluation's statistic t = d / se (the sequential test's difference over its standard
+    error, clipped to +-EVIDENCE_CLIP) is summed with weight `ema` per window of age and divided by
+    the root of the summed squared weights, so that with no own-data effect the sum stays about
+    N(0, 1) (a weighted Stouffer sum). A peer whose own-data edge is real but too small to decide in
+    one window (the diligent peer: half its update is from pages beyond its own) gathers evidence
+    over windows instead of being left undecided (b = 0) in each one."""
+    rows = sorted((r for r in run["scores"] if r.get("se") is not None and r.get("d") is not None),
+                  key=lambda r: r["window"])
+    if not rows:
+        return None
+    total: dict[int, float] = {}
+    weight: dict[int, float] = {}
+    z_at: dict[int, dict[int, float]] = defaultdict(dict)
+    for r in rows:
+        u = int(r["uid"])
+        t = r["d"] / r["se"] if r["se"] > 0 else (EVIDENCE_CLIP if r["d"] > 0 else -EVIDENCE_CLIP)
+        t = max(-EVIDENCE_CLIP, min(EVIDENCE_CLIP, t))
+        total[u] = ema * total.get(u, 0.0) + t
+        weight[u] = ema * ema * weight.get(u, 0.0) + 1.0
+        z_at[u][int(r["window"])] = total[u] / weight[u] ** 0.5
+
+    def factor(uid: int, window: int) -> float:
+        seen = [w for w in z_at.get(uid, {}) if w <= window]
+        return 1.0 if seen and z_at[uid][max(seen)] > z else 0.0
+    return factor
 
 
 def whatif_figures(runs: list[dict], warmup: int, tag: str, change) -> dict:
@@ -243,6 +290,12 @@ def figures(runs: list[dict], warmup: int) -> dict:
             for tag, change in (("noema", ["weights.score_ema=0"]), ("gate", ["weights.own_data=gate"]),
                                 ("noanchor", ["rating.anchor=0"])):
                 out.update(whatif_figures(group, warmup, tag, lambda r, c=change: rerated(r, c)))
+            # B replaced by own-data evidence accumulated over windows (at the preset's
+            # uniqueness.ema, a gate at its own_z), where the runs recorded the sequential test.
+            uq = load_config(preset=preset).uniqueness
+            if all(accumulated_evidence(r, uq.ema, uq.own_z) for r in group):
+                out.update(whatif_figures(group, warmup, "evidence", lambda r: rerated(
+                    r, [], own=accumulated_evidence(r, uq.ema, uq.own_z))))
             for q in (1.0, 0.5):
                 out.update(whatif_figures(group, warmup, f"power{q}", lambda r, q=q: repowered(r, q, p)))
                 out.update(whatif_figures(group, warmup, f"power{q}_ema0.5",

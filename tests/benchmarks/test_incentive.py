@@ -137,3 +137,28 @@ def test_runs_carry_the_model_size_and_keep_their_partial_records_apart() -> Non
     assert tiny[0][4] != small[0][4] and small[0][4].endswith("default-0-small.json")
     args = _parse(["--seeds=0", "--size=small", "--windows=12"])
     assert (args.seeds, args.size, args.windows) == ("0", "small", 12)
+
+
+def test_accumulated_evidence_gathers_a_small_steady_edge_and_not_noise() -> None:
+    """A steady t = 1 (too small for one window's bound of 2) passes once enough windows agree; a
+    t alternating +-1.5 never does; one window's statistic is clipped, so a single huge t cannot
+    carry a peer for long; runs without the sequential test's statistics give no what-if."""
+    from benchmarks.incentive_figures import EVIDENCE_CLIP, accumulated_evidence
+
+    rows = [{"window": w, "uid": u, "s": 1.0, "r_own": 1.0, "b": 0, "d": d, "se": 1.0}
+            for w in range(12) for u, d in ((1, 1.0), (2, 1.5 if w % 2 else -1.5), (3, 50.0 if w == 0 else -0.5))]
+    own = accumulated_evidence({"scores": rows}, ema=0.95, z=2.0)
+    assert [own(1, w) for w in range(12)] == [0.0] * 4 + [1.0] * 8  # sqrt(n) > 2 from the 5th window
+    assert not any(own(2, w) for w in range(12))
+    assert own(3, 0) == 1.0 and EVIDENCE_CLIP == 3.0 and not any(own(3, w) for w in range(2, 12))
+    assert own(1, 30) == 1.0 and own(4, 5) == 0.0  # the last evidence holds; an unknown peer has none
+    assert accumulated_evidence({"scores": [{**r, "d": None, "se": None} for r in rows]}, 0.95, 2.0) is None
+
+
+def test_rerated_with_an_own_factor_pays_the_ordinal_only_where_it_is_1() -> None:
+    from benchmarks.incentive_figures import normalise, rerated
+
+    run = normalise(_run())
+    weights = rerated(run, [], own=lambda uid, window: 0.0 if uid == 2 else 1.0)["weights"]
+    assert all(weights[w][2] == 0.0 and weights[w][1] > 0 for w in (0, 1, 2))
+    assert all(sum(weights[w].values()) == pytest.approx(1.0) for w in (0, 1, 2))
